@@ -1,0 +1,1 @@
+"""Measuring models and the live pipeline on the machine it runs on."""

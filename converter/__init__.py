@@ -1,0 +1,1 @@
+"""Keras -> TFLite/LiteRT conversion, quantization and the checks that prove each model."""

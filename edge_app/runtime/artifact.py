@@ -1,0 +1,124 @@
+"""A model file and the metadata that travels with it.
+
+Metadata rides in a zip archive appended to the ``.tflite`` flatbuffer, the same way the
+TFLite Metadata tools pack associated files (Coral's and Model Maker's models carry their
+labels like this). Interpreters read the flatbuffer from the front and ignore the archive,
+so other TFLite tools open the file unchanged. edgecls writes two members:
+``labels.txt`` and ``edgecls.json`` (input size, normalization, channel order, quantization,
+the accuracy measured by the converter).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_app.errors import ModelError
+from edge_app.runtime.labels import parse_labels
+
+METADATA_NAME = "edgecls.json"
+LABELS_NAME = "labels.txt"
+TFLITE_IDENTIFIER = b"TFL3"
+EDGETPU_OP = b"edgetpu-custom-op"
+# Which model a run directory means, best first (an Edge TPU run takes the compiled one).
+RUN_MODELS = ("model_int8.tflite", "model_fp16.tflite", "model_fp32.tflite", "model_dynamic.tflite")
+RUN_MODELS_EDGETPU = ("model_int8_edgetpu.tflite",)
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A ``.tflite`` file with what it carries: embedded labels and edgecls metadata."""
+
+    path: Path
+    metadata: dict = field(default_factory=dict)
+    labels: list[str] | None = None
+    edgetpu: bool = False
+
+
+def is_tflite(data: bytes) -> bool:
+    """True for a TFLite flatbuffer (file identifier ``TFL3`` at byte 4)."""
+    return len(data) >= 8 and data[4:8] == TFLITE_IDENTIFIER
+
+
+def resolve_model(model: str | Path, device: str = "cpu") -> Path:
+    """The ``.tflite`` file that ``model`` names: the file itself, or the best one in a run directory."""
+    path = Path(model)
+    if path.is_dir():
+        names = (RUN_MODELS_EDGETPU + RUN_MODELS) if device.startswith("edgetpu") else RUN_MODELS
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        found = sorted(path.glob("*.tflite"))
+        if found:
+            return found[0]
+        raise ModelError(f"{path} holds no .tflite model; convert the run first: edgecls convert {path}")
+    if not path.exists():
+        raise ModelError(f"model {path} does not exist; pass a .tflite file or a run directory")
+    return path
+
+
+def read_artifact(model: str | Path) -> ModelArtifact:
+    """Read ``model``, check it is a TFLite flatbuffer, and collect its embedded metadata."""
+    path = Path(model)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise ModelError(f"model {path} does not exist; pass a .tflite file or a run directory") from e
+    except OSError as e:
+        raise ModelError(f"cannot read model {path}: {e.strerror}") from e
+    if not is_tflite(data):
+        hint = "convert it first: edgecls convert MODEL" if path.suffix in (".keras", ".h5", ".pb") else \
+            "pass a .tflite model file"
+        raise ModelError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); {hint}")
+    metadata, labels = _read_embedded(data)
+    return ModelArtifact(path=path, metadata=metadata, labels=labels, edgetpu=EDGETPU_OP in data)
+
+
+def _read_embedded(data: bytes) -> tuple[dict, list[str] | None]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        return {}, None
+    with archive:
+        names = archive.namelist()
+        metadata = json.loads(archive.read(METADATA_NAME)) if METADATA_NAME in names else {}
+        label_names = [metadata["labels_file"]] if metadata.get("labels_file") in names else \
+            [n for n in names if n.endswith(".txt")]
+        labels = parse_labels(archive.read(label_names[0]).decode("utf-8-sig")) if label_names else None
+    return metadata, labels or None
+
+
+def embed_metadata(model: bytes, metadata: dict, labels: list[str] | None = None) -> bytes:
+    """Return ``model`` with ``metadata`` (and ``labels``) appended as a zip archive.
+
+    An archive already on the model is replaced; its other members are kept.
+
+    Example:
+        >>> data = embed_metadata(Path("m.tflite").read_bytes(), {"input_size": [224, 224]}, ["cat", "dog"])
+    """
+    if not is_tflite(model):
+        raise ModelError("embed_metadata needs a TFLite flatbuffer")
+    flatbuffer, kept = model, {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as old:
+            kept = {n: old.read(n) for n in old.namelist() if n not in (METADATA_NAME, LABELS_NAME)}
+            # zipfile reports offsets from the start of ``model``, prefix included.
+            flatbuffer = model[:min(i.header_offset for i in old.infolist())]
+    except zipfile.BadZipFile:
+        pass
+    metadata = dict(metadata)
+    members = dict(kept)
+    if labels is not None:
+        metadata["labels_file"] = LABELS_NAME
+        members[LABELS_NAME] = ("\n".join(labels) + "\n").encode("utf-8")
+    members[METADATA_NAME] = json.dumps(metadata, indent=1).encode("utf-8")
+    out = io.BytesIO()
+    out.write(flatbuffer)
+    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
+        for name, blob in members.items():
+            archive.writestr(name, blob)
+    return out.getvalue()
+

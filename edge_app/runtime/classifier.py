@@ -1,0 +1,107 @@
+"""One model ready to classify images: the piece the CLI, live app, converter checks and benchmarks share."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.errors import ModelError
+from edge_app.runtime.artifact import ModelArtifact, read_artifact, resolve_model
+from edge_app.runtime.interpreter import default_num_threads, load_runtime, make_interpreter
+from edge_app.runtime.labels import match_labels, read_labels
+from edge_app.runtime.postprocess import Classification, output_scores, top_k
+from edge_app.runtime.preprocess import InputSpec, preprocess
+
+log = logging.getLogger("edgecls")
+
+
+class ImageClassifier:
+    """An interpreter, its input spec, its labels and a preallocated input tensor.
+
+    Labels come from, in order: ``labels`` (a file), labels embedded in the model,
+    ``labels.txt`` beside the model; without any, labels are the class indices.
+
+    Example:
+        >>> clf = ImageClassifier("mobilenet_v2_1.0_224_quant.tflite", num_threads=2)
+        >>> clf.classify(read_image("parrot.jpg"), k=1)[0].label
+        'macaw'
+    """
+
+    def __init__(self, model: str | Path, labels: str | Path | None = None, device: str = "cpu",
+                 num_threads: int | None = None, mean=None, std=None, center_crop: float | None = None):
+        self.path = resolve_model(model, device)
+        self.artifact: ModelArtifact = read_artifact(self.path)
+        self.device = device
+        self.num_threads = num_threads or default_num_threads()
+        self.interpreter = make_interpreter(self.artifact, device, self.num_threads)
+        self.runtime = load_runtime()
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path} has {len(inputs)} inputs; an image classifier has one")
+        self.input_detail, self.output_detail = inputs[0], outputs[0]
+        out_shape = [int(d) for d in self.output_detail["shape"]]
+        if len(out_shape) != 2 or out_shape[0] != 1:
+            raise ModelError(f"{self.path} outputs shape {out_shape}; a classifier outputs [1, num_classes]. "
+                             "Detection or embedding models are not classifiers")
+        self.num_classes = out_shape[1]
+        self.spec = InputSpec.from_details(self.input_detail, self.artifact.metadata, mean, std, center_crop)
+        if not self.spec.quantized and not self.spec.normalization_known:
+            log.warning("%s carries no input normalization: feeding raw 0-255 pixels. If it expects [0, 1] "
+                        "pass --std 255, for [-1, 1] pass --mean 127.5 --std 127.5", self.path.name)
+        self.labels = self._labels(labels)
+        self.probabilities = self.artifact.metadata.get("output") == "probabilities" or None
+        self._input = self.spec.new_buffer()
+
+    def _labels(self, labels: str | Path | None) -> list[str]:
+        if labels is not None:
+            return match_labels(read_labels(labels), self.num_classes, str(labels))
+        if self.artifact.labels:
+            return match_labels(self.artifact.labels, self.num_classes, f"the labels embedded in {self.path.name}")
+        beside = self.path.parent / "labels.txt"
+        if beside.is_file():
+            return match_labels(read_labels(beside), self.num_classes, str(beside))
+        log.warning("no labels for %s: showing class indices. Pass --labels FILE", self.path.name)
+        return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` the model takes."""
+        return self.spec.height, self.spec.width
+
+    def set_input(self, image: np.ndarray, image_order: str = "RGB") -> None:
+        """Pre-process ``image`` (uint8 ``(H, W, 3)``) into the interpreter's input."""
+        preprocess(image, self.spec, out=self._input, image_order=image_order)
+        self.interpreter.set_tensor(self.input_detail["index"], self._input)
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def scores(self) -> np.ndarray:
+        """Class probabilities (float32, 1-D) of the last invoke."""
+        raw = self.interpreter.get_tensor(self.output_detail["index"])
+        return output_scores(raw, self.output_detail, self.probabilities)
+
+    def top(self, scores: np.ndarray, k: int = 5, score_threshold: float = 0.0) -> list[Classification]:
+        return [Classification(i, s, self.labels[i]) for i, s in top_k(scores, k, score_threshold)]
+
+    def classify(self, image: np.ndarray, k: int = 5, score_threshold: float = 0.0,
+                 image_order: str = "RGB") -> list[Classification]:
+        """Top-``k`` classes of one image, best first."""
+        self.set_input(image, image_order)
+        self.invoke()
+        return self.top(self.scores(), k, score_threshold)
+
+    def describe(self) -> dict:
+        """Facts for logs and reports: runtime, delegate, threads, model and its input."""
+        return {
+            "model": str(self.path),
+            "runtime": self.runtime.name,
+            "runtime_version": self.runtime.version,
+            "device": self.device,
+            "num_threads": self.num_threads,
+            "input": {"size": [self.spec.height, self.spec.width, self.spec.channels],
+                      "dtype": np.dtype(self.spec.dtype).name},
+            "num_classes": self.num_classes,
+        }

@@ -1,0 +1,172 @@
+"""One factory for interpreters: LiteRT first, then tflite-runtime, then TensorFlow Lite.
+
+The Edge TPU delegate is found by platform, as pycoral's ``utils/edgetpu.py`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import importlib
+import logging
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_app.errors import DelegateError, ModelError
+from edge_app.runtime.artifact import EDGETPU_OP, ModelArtifact, read_artifact
+
+log = logging.getLogger("edgecls")
+
+EDGETPU_LIBS = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+# (name shown to users, module holding Interpreter and load_delegate, distribution for the version)
+RUNTIMES = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
+    ("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
+    ("tensorflow.lite", "tensorflow.lite", "tensorflow"),
+)
+INSTALL_EDGETPU = ("install libedgetpu1-std (Coral's apt repository; see the README's Coral section), "
+                   "or run with --device cpu and the model without '_edgetpu'")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    version: str
+    interpreter_class: type
+    load_delegate: Callable
+
+
+@functools.cache
+def load_runtime(preferred: str | None = None) -> Runtime:
+    """The first TFLite runtime that imports. ``EDGECLS_RUNTIME`` (or ``preferred``) forces one by name."""
+    preferred = preferred or os.environ.get("EDGECLS_RUNTIME")
+    candidates = [r for r in RUNTIMES if preferred in (None, r[0])]
+    if not candidates:
+        raise ModelError(f"unknown runtime {preferred!r}; choose one of: {', '.join(r[0] for r in RUNTIMES)}")
+    for name, module_name, dist in candidates:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if module_name == "tensorflow.lite":
+            interpreter_class, load_delegate = module.Interpreter, module.experimental.load_delegate
+        else:
+            interpreter_class, load_delegate = module.Interpreter, module.load_delegate
+        runtime = Runtime(name, _version(dist), interpreter_class, load_delegate)
+        log.debug("runtime: %s %s", runtime.name, runtime.version)
+        return runtime
+    raise ModelError("no TFLite runtime is installed; pip install 'edgecls[edge]' (ai-edge-litert), "
+                     "or on 32-bit Raspberry Pi OS: pip install tflite-runtime")
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_device(device: str) -> tuple[str, str | None]:
+    """``"cpu"`` → ``("cpu", None)``; ``"edgetpu:usb:0"`` → ``("edgetpu", "usb:0")``."""
+    kind, _, which = device.partition(":")
+    if kind not in ("cpu", "edgetpu") or (kind == "cpu" and which):
+        raise ModelError(f"unknown device {device!r}; use cpu, edgetpu, or edgetpu:usb, edgetpu:usb:0, edgetpu:pci:0")
+    return kind, which or None
+
+
+def default_num_threads() -> int:
+    """All cores, at most 4 (a Raspberry Pi 4/5 has 4; more threads than cores only slows LiteRT down)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def load_edgetpu_delegate(runtime: Runtime, which: str | None = None):
+    """Load the Coral Edge TPU delegate for this platform, or raise :class:`DelegateError` saying how to fix it."""
+    lib = EDGETPU_LIBS.get(platform.system())
+    if lib is None:
+        raise DelegateError(f"the Edge TPU runtime has no build for {platform.system()}; run with --device cpu")
+    options = {"device": which} if which else {}
+    hook = sys.unraisablehook
+    # A failed load leaves a half-built Delegate whose __del__ prints a traceback; keep the console clean.
+    sys.unraisablehook = lambda _: None
+    try:
+        return runtime.load_delegate(lib, options)
+    except (OSError, ValueError, RuntimeError) as e:
+        where = f" for device '{which}'" if which else ""
+        raise DelegateError(f"could not load the Edge TPU delegate '{lib}'{where} ({str(e).splitlines()[0]}). "
+                            f"Is the Coral plugged in? If so, {INSTALL_EDGETPU}") from e
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
+
+
+def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num_threads: int | None = None):
+    """Create and allocate an interpreter for ``model`` on ``device``.
+
+    Args:
+        model: path to a ``.tflite`` file, or its already-read :class:`ModelArtifact`.
+        device: ``cpu``, ``edgetpu``, or ``edgetpu:usb``/``edgetpu:usb:0``/``edgetpu:pci:0``.
+        num_threads: CPU threads for the interpreter; ``None`` = :func:`default_num_threads`.
+
+    Example:
+        >>> interpreter = make_interpreter("mobilenet_v2_1.0_224_quant.tflite", num_threads=2)
+    """
+    artifact = model if isinstance(model, ModelArtifact) else read_artifact(model)
+    path = artifact.path
+    kind, which = parse_device(device)
+    if num_threads is not None and num_threads < 1:
+        raise ModelError(f"--threads must be 1 or more, got {num_threads}")
+    runtime = load_runtime()
+    delegates = []
+    if kind == "edgetpu":
+        delegates.append(load_edgetpu_delegate(runtime, which))
+        if not artifact.edgetpu:
+            log.warning("%s is not compiled for the Edge TPU: every op runs on the CPU. "
+                        "Compile it with edgetpu_compiler (edgecls convert RUN --edgetpu)", path)
+    elif artifact.edgetpu:
+        raise ModelError(f"{path} is compiled for the Coral Edge TPU ({EDGETPU_OP.decode()}) and cannot run on the CPU. "
+                         f"Run it with --device edgetpu on a machine with a Coral: {INSTALL_EDGETPU}")
+    threads = num_threads or default_num_threads()
+    try:
+        with _quiet_native_stderr():
+            interpreter = runtime.interpreter_class(
+                model_path=str(path), experimental_delegates=delegates or None, num_threads=threads)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{runtime.name} {runtime.version} cannot load {path}: {reason}. "
+                         "Was it made for a newer runtime? Upgrade: pip install -U ai-edge-litert") from e
+    log.debug("interpreter: %s %s, device %s, %d threads", runtime.name, runtime.version, device, threads)
+    return interpreter
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Drop the runtime's native 'INFO: Created TensorFlow Lite XNNPACK delegate' line; pass the rest on."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if line.startswith("INFO: "):
+                    log.debug("%s", line)
+                elif line.strip():
+                    print(line, file=sys.stderr)

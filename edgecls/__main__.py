@@ -1,0 +1,5 @@
+import sys
+
+from edgecls.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training MobileNet transfer-learning classifiers with Keras (host side)."""
