@@ -93,18 +93,21 @@ def load_edgetpu_delegate(runtime: Runtime, which: str | None = None):
     if lib is None:
         raise DelegateError(f"the Edge TPU runtime has no build for {platform.system()}; run with --device cpu")
     options = {"device": which} if which else {}
-    hook = sys.unraisablehook
-    # A failed load leaves a half-built Delegate whose __del__ prints a traceback; keep the console clean.
+    hook, failure = sys.unraisablehook, None
+    # A failed load leaves a half-built Delegate whose __del__ prints a traceback. The exception's
+    # traceback keeps it alive, so the error is not chained: we collect it here, quietly.
     sys.unraisablehook = lambda _: None
     try:
-        return runtime.load_delegate(lib, options)
-    except (OSError, ValueError, RuntimeError) as e:
-        where = f" for device '{which}'" if which else ""
-        raise DelegateError(f"could not load the Edge TPU delegate '{lib}'{where} ({str(e).splitlines()[0]}). "
-                            f"Is the Coral plugged in? If so, {INSTALL_EDGETPU}") from e
-    finally:
+        try:
+            return runtime.load_delegate(lib, options)
+        except (OSError, ValueError, RuntimeError) as e:
+            failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         gc.collect()
+    finally:
         sys.unraisablehook = hook
+    where = f" for device '{which}'" if which else ""
+    raise DelegateError(f"could not load the Edge TPU delegate '{lib}'{where} ({failure}). "
+                        f"Is the Coral plugged in? If so, {INSTALL_EDGETPU}")
 
 
 def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num_threads: int | None = None):

@@ -1,0 +1,148 @@
+"""``edgecls classify MODEL IMAGE...``: one result per image, for people or (``--json``) for programs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_app.errors import EdgeclsError, ImageError
+from edge_app.runtime import ImageClassifier, list_images, read_image
+
+log = logging.getLogger("edgecls")
+
+EXAMPLES = """examples:
+  edgecls classify mobilenet_v2_1.0_224_quant.tflite parrot.jpg
+  edgecls classify runs/potato leaf1.jpg leaf2.jpg --top-k 3
+  edgecls classify model_int8.tflite photos/ --json > results.jsonl
+  edgecls classify model_edgetpu.tflite parrot.jpg --device edgetpu
+  edgecls classify float_model.tflite cat.jpg --labels labels.txt --mean 127.5 --std 127.5
+
+exit codes: 0 all classified, 1 some images failed (the rest were classified), 2 bad input."""
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    model: str
+    images: tuple[str, ...]
+    labels: str | None = None
+    top_k: int = 3
+    score_threshold: float = 0.0
+    json: bool = False
+    device: str = "cpu"
+    num_threads: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    center_crop: float | None = None
+    stages: bool = field(default=False)
+
+    def __post_init__(self):
+        if not self.images:
+            raise EdgeclsError("no images given; pass one or more image files or folders")
+        if self.top_k < 1:
+            raise EdgeclsError(f"--top-k must be 1 or more, got {self.top_k}")
+        if not 0 <= self.score_threshold <= 1:
+            raise EdgeclsError(f"--threshold must be between 0 and 1, got {self.score_threshold}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise EdgeclsError(f"--threads must be 1 or more, got {self.num_threads}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.add_argument("model", help="a .tflite model, or a run directory holding converted models")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    parser.add_argument("--labels", help="label file (default: labels embedded in the model, else labels.txt beside it)")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
+    parser.add_argument("--threshold", type=float, default=0.0, dest="score_threshold",
+                        help="hide classes scoring below this probability")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--device", default="cpu", help="cpu, or edgetpu / edgetpu:usb:0 / edgetpu:pci:0 for a Coral")
+    parser.add_argument("--threads", type=int, dest="num_threads", help="CPU threads (default: all cores, at most 4)")
+    parser.add_argument("--mean", type=float, nargs="+", help="input mean for a float model without metadata")
+    parser.add_argument("--std", type=float, nargs="+", help="input std for a float model without metadata")
+    parser.add_argument("--center-crop", type=float, help="crop this central fraction (at the model's aspect) first")
+    parser.add_argument("--stages", action="store_true", help="also print the mean per-stage time split on stderr")
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(ClassifyConfig(
+        model=args.model, images=tuple(args.images), labels=args.labels, top_k=args.top_k,
+        score_threshold=args.score_threshold, json=args.json, device=args.device, num_threads=args.num_threads,
+        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
+        center_crop=args.center_crop, stages=args.stages or args.verbose > 0,
+    ))
+
+
+def run(config: ClassifyConfig) -> int:
+    """Classify every image; returns 0, or 1 when some images failed, or 2 when all did."""
+    classifier = ImageClassifier(config.model, config.labels, config.device, config.num_threads,
+                                 config.mean, config.std, config.center_crop)
+    log.debug("model %s: input %s %s, %d classes", classifier.path, classifier.input_size,
+              classifier.spec.dtype.__name__, classifier.num_classes)
+    paths = _expand(config.images)
+    failed, totals = 0, {"decode": 0.0, "preprocess": 0.0, "invoke": 0.0, "postprocess": 0.0}
+    for path in paths:
+        try:
+            result, timings = _classify_one(classifier, path, config)
+        except ImageError as e:
+            failed += 1
+            if config.json:
+                print(json.dumps({"image": str(path), "error": str(e)}), flush=True)
+            print(f"edgecls classify: error: {e}", file=sys.stderr)
+            continue
+        for stage, ms in timings.items():
+            totals[stage] += ms
+        print(json.dumps(result) if config.json else _human(result), flush=True)
+    done = len(paths) - failed
+    if config.stages and done:
+        split = ", ".join(f"{k} {v / done:.2f} ms" for k, v in totals.items())
+        log.info("mean per image over %d: %s (%s %s, %d threads)", done, split,
+                 classifier.runtime.name, classifier.runtime.version, classifier.num_threads)
+    if failed:
+        if len(paths) > 1:
+            log.warning("%d of %d images could not be classified", failed, len(paths))
+        return 2 if done == 0 else 1
+    return 0
+
+
+def _expand(images: tuple[str, ...]) -> list[Path]:
+    paths: list[Path] = []
+    for image in images:
+        found = list_images(image)
+        if Path(image).is_dir() and not found:
+            log.warning("%s holds no images (jpg, png, bmp, webp, tif)", image)
+        paths.extend(found)
+    if not paths:
+        raise ImageError(f"no images found in {', '.join(images)}")
+    return paths
+
+
+def _classify_one(classifier: ImageClassifier, path: Path, config: ClassifyConfig) -> tuple[dict, dict]:
+    t0 = time.perf_counter()
+    image = read_image(path)
+    t1 = time.perf_counter()
+    classifier.set_input(image)
+    t2 = time.perf_counter()
+    classifier.invoke()
+    t3 = time.perf_counter()
+    top = classifier.top(classifier.scores(), config.top_k, config.score_threshold)
+    t4 = time.perf_counter()
+    timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3,
+               "invoke": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3}
+    result = {
+        "image": str(path),
+        "top_k": [{"index": c.index, "label": c.label, "score": round(c.score, 6)} for c in top],
+        # latency_ms: what the model costs once the image is in memory (pre-process + invoke + post-process).
+        "latency_ms": round((t4 - t1) * 1e3, 3),
+        "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return result, timings
+
+
+def _human(result: dict) -> str:
+    top = ", ".join(f"{c['label']} {c['score']:.3f}" for c in result["top_k"]) or "(nothing above the threshold)"
+    return f"{result['image']}: {top}  ({result['latency_ms']:.1f} ms)"

@@ -1,0 +1,127 @@
+"""``edgecls classify`` through the real command line, in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+from conftest import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS, REPO, run_cli
+
+PARROT, HOPPER = IMAGES / "parrot.jpg", IMAGES / "grace_hopper.bmp"
+
+
+def test_classify_json_contract(shared):
+    result = run_cli("classify", IMAGENET_MODEL, PARROT, HOPPER, "--json", "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in lines] == [str(PARROT), str(HOPPER)]
+    assert [r["top_k"][0]["label"] for r in lines] == ["macaw", "military uniform"]
+    for r in lines:
+        assert len(r["top_k"]) == 2 and r["top_k"][0]["score"] >= r["top_k"][1]["score"]
+        assert r["latency_ms"] > 0 and set(r["timings_ms"]) == {"decode", "preprocess", "invoke", "postprocess"}
+
+
+def test_classify_human_output_and_bird_labels(shared):
+    result = run_cli("classify", BIRD_MODEL, PARROT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{PARROT}: Ara macao (Scarlet Macaw) ")
+    assert result.stdout.rstrip().endswith("ms)")
+
+
+def test_classify_a_folder_and_label_file(shared, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(PARROT, folder / "a parrot.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    result = run_cli("classify", IMAGENET_MODEL, folder, "--labels", MODELS / "imagenet_labels.txt", "--json")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["top_k"][0]["label"] == "macaw"
+
+
+def test_edge_app_runs_without_tensorflow(shared):
+    code = ("import sys, runpy; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+            f"sys.argv = ['edge_app', 'classify', {str(IMAGENET_MODEL)!r}, {str(PARROT)!r}, '--json']; "
+            "runpy.run_module('edge_app', run_name='__main__', alter_sys=True)")
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top_k"][0]["label"] == "macaw"
+
+
+def test_classify_imports_no_tensorflow(shared):
+    code = ("import sys; from edgecls.cli import main; rc = main(['classify', %r, %r]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'; "
+            "sys.exit(rc)") % (str(IMAGENET_MODEL), str(PARROT))
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "truncated.jpg").write_bytes(PARROT.read_bytes()[:4000])
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing.jpg", "missing.jpg: no such file"),
+    ("empty.jpg", "empty.jpg: the file is empty"),
+    ("corrupt.jpg", "corrupt.jpg: not a readable image"),
+    ("truncated.jpg", "truncated.jpg: not a readable image"),
+])
+def test_bad_images(shared, tmp_path, name, message):
+    _bad_files(tmp_path)
+    alone = run_cli("classify", IMAGENET_MODEL, tmp_path / name)
+    assert alone.returncode == 2
+    assert message in alone.stderr and "Traceback" not in alone.stderr
+    assert len(alone.stderr.strip().splitlines()) == 1
+    # With a good image beside it: the good one is classified, exit 1, a JSON error line for the bad one.
+    mixed = run_cli("classify", IMAGENET_MODEL, tmp_path / name, PARROT, "--json")
+    assert mixed.returncode == 1
+    bad, good = (json.loads(line) for line in mixed.stdout.splitlines())
+    assert bad["image"] == str(tmp_path / name) and message.split(": ", 1)[1] in bad["error"]
+    assert good["top_k"][0]["label"] == "macaw"
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    (MODELS / "imagenet_labels.txt", [], "is not a TFLite model"),
+    ("missing.tflite", [], "missing.tflite does not exist"),
+    (IMAGENET_MODEL, ["--labels", "{tmp}/three.txt"], "three.txt has 3 labels but the model outputs 1001 classes"),
+    (IMAGENET_MODEL, ["--labels", "{tmp}/nope.txt"], "nope.txt does not exist"),
+    (EDGETPU_MODEL, [], "compiled for the Coral Edge TPU"),
+    (IMAGENET_MODEL, ["--device", "edgetpu:usb:0"], "could not load the Edge TPU delegate 'libedgetpu.so.1' for device 'usb:0'"),
+    (IMAGENET_MODEL, ["--device", "gpu"], "unknown device 'gpu'"),
+    (IMAGENET_MODEL, ["--threads", "0"], "--threads must be 1 or more"),
+    ("{tmp}", [], "holds no .tflite model; convert the run first"),
+])
+def test_bad_models_labels_devices(shared, tmp_path, model, extra, message):
+    _bad_files(tmp_path)
+    args = [str(a).replace("{tmp}", str(tmp_path)) for a in (model, *extra)]
+    result = run_cli("classify", args[0], PARROT, *args[1:])
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgecls classify: error: "), result.stderr
+    assert message in lines[0]
+
+
+def test_edgetpu_message_says_how_to_fix(shared):
+    result = run_cli("classify", EDGETPU_MODEL, PARROT)
+    assert "libedgetpu1-std" in result.stderr and "--device edgetpu" in result.stderr
+    assert "without '_edgetpu'" in result.stderr
+
+
+def test_help_has_examples_and_every_command_is_listed():
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for command in ("train", "convert", "classify", "run", "bench", "demo", "report"):
+        assert command in top.stdout
+    sub = run_cli("classify", "--help")
+    assert sub.returncode == 0 and "examples:" in sub.stdout and "--top-k" in sub.stdout
+    assert run_cli("classify", "--help", module="edge_app").returncode == 0
