@@ -28,7 +28,7 @@ EDGETPU_LIBS = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Win
 RUNTIMES = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
-    ("tensorflow.lite", "tensorflow.lite", "tensorflow"),
+    ("tensorflow.lite", "tensorflow", "tensorflow"),
 )
 INSTALL_EDGETPU = ("install libedgetpu1-std (Coral's apt repository; see the README's Coral section), "
                    "or run with --device cpu and the model without '_edgetpu'")
@@ -50,12 +50,15 @@ def load_runtime(preferred: str | None = None) -> Runtime:
     if not candidates:
         raise ModelError(f"unknown runtime {preferred!r}; choose one of: {', '.join(r[0] for r in RUNTIMES)}")
     for name, module_name, dist in candidates:
+        if module_name == "tensorflow":
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only the fallback; keep TF's start-up chatter off
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        if module_name == "tensorflow.lite":
-            interpreter_class, load_delegate = module.Interpreter, module.experimental.load_delegate
+        if module_name == "tensorflow":
+            # The public tf.lite namespace, not the tensorflow.lite package (which lacks Interpreter).
+            interpreter_class, load_delegate = module.lite.Interpreter, module.lite.experimental.load_delegate
         else:
             interpreter_class, load_delegate = module.Interpreter, module.load_delegate
         runtime = Runtime(name, _version(dist), interpreter_class, load_delegate)

@@ -125,3 +125,22 @@ def test_help_has_examples_and_every_command_is_listed():
     sub = run_cli("classify", "--help")
     assert sub.returncode == 0 and "examples:" in sub.stdout and "--top-k" in sub.stdout
     assert run_cli("classify", "--help", module="edge_app").returncode == 0
+
+
+@pytest.mark.slow
+def test_falls_back_to_tensorflow_lite_when_litert_is_missing(shared):
+    import subprocess
+
+    code = ("import sys; sys.modules['ai_edge_litert'] = None; sys.modules['tflite_runtime'] = None; "
+            "from edgecls.cli import main; sys.exit(main(['classify', '-v', %r, %r, '--json']))"
+            % (str(IMAGENET_MODEL), str(PARROT)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "runtime: tensorflow.lite" in result.stderr
+    assert json.loads(result.stdout)["top_k"][0]["label"] == "macaw"
+
+
+def test_unknown_forced_runtime_is_a_clear_error(shared):
+    result = run_cli("classify", IMAGENET_MODEL, PARROT, env={"EDGECLS_RUNTIME": "onnx"})
+    assert result.returncode == 2
+    assert "unknown runtime 'onnx'" in result.stderr
