@@ -27,7 +27,12 @@ class Command:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the hand-formatted examples in epilogs."""
+    """Shows defaults (not the empty ones) and keeps the hand-formatted examples in epilogs."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _raise_interrupted(signum, frame):

@@ -1,0 +1,113 @@
+"""The checks that prove a converted model: accuracy against the float model, agreement, latency.
+
+Every ``.tflite`` runs through :class:`edge_app.runtime.ImageClassifier`, exactly as the device
+runs it (same decode, resize, normalization, quantization, output handling). The float model
+sees the same resized pixels, so a difference measures the conversion, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.runtime import ImageClassifier, preprocess
+
+log = logging.getLogger("edgecls")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Top-1 predictions of one model on the check images and what follows from them."""
+
+    predictions: np.ndarray
+    accuracy: float
+    per_class: dict[str, float | None]
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "per_class_accuracy": self.per_class}
+
+
+def evaluate(predictions: np.ndarray, truth: np.ndarray, labels: list[str]) -> Evaluation:
+    """Accuracy and per-class accuracy (recall; ``None`` for a class with no images)."""
+    from sklearn.metrics import accuracy_score, recall_score
+
+    recall = recall_score(truth, predictions, labels=list(range(len(labels))), average=None, zero_division=0)
+    present = set(truth.tolist())
+    per_class = {label: (float(recall[i]) if i in present else None) for i, label in enumerate(labels)}
+    return Evaluation(predictions, float(accuracy_score(truth, predictions)), per_class)
+
+
+def reference_predictions(reference, images: list[np.ndarray], spec, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and top-1 of the float model on ``images`` pre-processed with ``spec`` (float32), in chunks."""
+    scores = [reference.predict(np.concatenate([preprocess(image, spec) for image in images[i:i + chunk]]))
+              for i in range(0, len(images), chunk)]
+    scores = np.concatenate(scores)
+    return scores, scores.argmax(axis=1)
+
+
+def tflite_predictions(classifier: ImageClassifier, images: list[np.ndarray], desc: str) -> np.ndarray:
+    """Top-1 of a converted model on ``images``, one invoke each, as the device runs it."""
+    from tqdm import tqdm
+
+    out = np.empty(len(images), np.int64)
+    for i, image in enumerate(tqdm(images, desc=desc, unit="img", leave=False, disable=len(images) < 50)):
+        classifier.set_input(image)
+        classifier.invoke()
+        out[i] = int(np.argmax(classifier.scores()))
+    return out
+
+
+def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarray) -> dict:
+    """Drop in percentage points, per-class deltas, and top-1 agreement with the float model."""
+    deltas = {label: (None if acc is None else round(100.0 * (acc - reference.per_class[label]), 3))
+              for label, acc in variant.per_class.items()}
+    return {
+        "accuracy": variant.accuracy,
+        "accuracy_drop_pp": round(100.0 * (reference.accuracy - variant.accuracy), 3),
+        "agreement": float(np.mean(variant.predictions == reference_top1)),
+        "per_class_accuracy": variant.per_class,
+        "per_class_delta_pp": deltas,
+    }
+
+
+def measure_latency(classifier: ImageClassifier, image: np.ndarray, warmup: int = 5, runs: int = 50) -> dict:
+    """``set_input`` once, then ``warmup`` untimed and ``runs`` timed invokes: milliseconds.
+
+    Example:
+        >>> measure_latency(ImageClassifier("model_int8.tflite", num_threads=2), image)["p50"]
+    """
+    classifier.set_input(image)
+    for _ in range(warmup):
+        classifier.invoke()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        classifier.invoke()
+        times[i] = (time.perf_counter() - start) * 1e3
+    return {"p50": round(float(np.percentile(times, 50)), 3), "p90": round(float(np.percentile(times, 90)), 3),
+            "mean": round(float(times.mean()), 3), "min": round(float(times.min()), 3),
+            "runs": runs, "warmup": warmup, "num_threads": classifier.num_threads}
+
+
+def gate(result: dict, max_accuracy_drop: float, max_latency_ms: float | None) -> list[str]:
+    """The failures of one variant against the limits; empty when it passes."""
+    failures = []
+    if result.get("accuracy_drop_pp") is not None and result["accuracy_drop_pp"] > max_accuracy_drop:
+        failures.append(f"accuracy drop {result['accuracy_drop_pp']:.2f} pp > --max-accuracy-drop "
+                        f"{max_accuracy_drop:g} pp")
+    p50 = (result.get("latency_ms") or {}).get("p50")
+    if max_latency_ms is not None and p50 is not None and p50 > max_latency_ms:
+        failures.append(f"p50 latency {p50:.2f} ms > --max-latency-ms {max_latency_ms:g} ms")
+    return failures
+
+
+def open_classifier(path: Path, labels: list[str], num_threads: int | None) -> ImageClassifier:
+    """The device's classifier for ``path``; its embedded metadata gives labels and normalization."""
+    classifier = ImageClassifier(path, num_threads=num_threads)
+    if classifier.labels != labels:
+        log.warning("%s carries labels %s, expected %s", path.name, classifier.labels, labels)
+    return classifier

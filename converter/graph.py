@@ -1,0 +1,121 @@
+"""What is inside a converted model: ops by type, tensor types, and which ops XNNPACK left to slow kernels.
+
+Reads the flatbuffer with the schema module LiteRT ships (no TensorFlow needed), and the
+interpreter's node list after the default XNNPACK delegate has claimed what it can: every
+``DELEGATE`` node is one partition; ops outside all partitions run on the reference kernels
+and split the graph (each split costs a round-trip through the interpreter).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# XNNPACK has no int8 kernel for these (LiteRT 2.x): each falls back and splits an int8 graph.
+INT8_SLOW_OPS = ("HARD_SWISH",)
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # older runtimes: TensorFlow's copy of the same generated module
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def _names(enum_class) -> dict[int, str]:
+    return {v: k for k, v in vars(enum_class).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+@dataclass
+class GraphFacts:
+    """Facts about one ``.tflite`` flatbuffer; ``to_dict()`` goes into the report."""
+
+    op_counts: dict[str, int]
+    input_types: list[str]
+    output_types: list[str]
+    float_tensors: int
+    full_integer: bool
+    xnnpack_partitions: int | None = None
+    cpu_fallback_ops: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def inspect_flatbuffer(data: bytes) -> GraphFacts:
+    """Count ops by type and check tensor types of a TFLite flatbuffer (the first subgraph).
+
+    Example:
+        >>> facts = inspect_flatbuffer(Path("model_int8.tflite").read_bytes())
+        >>> facts.op_counts["CONV_2D"], facts.full_integer
+    """
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(bytearray(data), 0)
+    op_names, type_names = _names(schema.BuiltinOperator), _names(schema.TensorType)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # Codes above 127 live in BuiltinCode; older files keep small ones in DeprecatedBuiltinCode.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = op_names.get(builtin, str(builtin))
+        if name == "CUSTOM" and code.CustomCode():
+            name = f"CUSTOM:{code.CustomCode().decode()}"
+        codes.append(name)
+    graph = model.Subgraphs(0)
+    counts = Counter(codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength()))
+    types = [type_names.get(graph.Tensors(i).Type(), "?") for i in range(graph.TensorsLength())]
+    floats = sum(t in ("FLOAT32", "FLOAT16") for t in types)
+    facts = GraphFacts(
+        op_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        input_types=[types[graph.Inputs(i)] for i in range(graph.InputsLength())],
+        output_types=[types[graph.Outputs(i)] for i in range(graph.OutputsLength())],
+        float_tensors=floats,
+        full_integer=floats == 0,
+    )
+    int8_ops = Counter()
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        first = op.Inputs(0) if op.InputsLength() else -1
+        if first >= 0 and types[first] in ("INT8", "UINT8"):
+            int8_ops[codes[op.OpcodeIndex()]] += 1
+    for name in INT8_SLOW_OPS:
+        if int8_ops.get(name):
+            facts.warnings.append(
+                f"{int8_ops[name]} int8 {name} op(s): XNNPACK has no int8 {name} kernel, so each runs on slow "
+                "reference kernels and splits the graph; on CPU use fp32/fp16 for this model, or for int8 a "
+                "backbone without hard-swish (MobileNetV2, MobileNetV3 minimalistic)")
+    return facts
+
+
+def xnnpack_partitions(interpreter) -> tuple[int, dict[str, int]]:
+    """``(partitions, ops left out)`` after the default XNNPACK delegate ran on ``interpreter``.
+
+    The node list holds the original ops plus one ``DELEGATE`` node per partition. An op belongs to
+    a partition when it is reached walking back from the partition's outputs without crossing its
+    inputs; the rest run on the CPU's reference kernels.
+    """
+    nodes = interpreter._get_ops_details()  # the only node-level view the Python API offers
+    producer = {}
+    for node in nodes:
+        if node["op_name"] != "DELEGATE":
+            for t in node["outputs"]:
+                producer[int(t)] = node["index"]
+    by_index = {n["index"]: n for n in nodes}
+    delegated: set[int] = set()
+    delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    for d in delegates:
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        seen: set[int] = set()
+        while stack:
+            t = stack.pop()
+            if t in seen or t in boundary or t not in producer:
+                continue
+            seen.add(t)
+            index = producer[t]
+            delegated.add(index)
+            stack.extend(int(i) for i in by_index[index]["inputs"] if i >= 0)
+    left = Counter(n["op_name"] for n in nodes if n["op_name"] != "DELEGATE" and n["index"] not in delegated)
+    return len(delegates), dict(left)

@@ -1,0 +1,111 @@
+"""THE table of conversion targets: one row and one function each (a new target is a row and a function).
+
+Like Ultralytics' ``export_formats()``: name, file suffix, I/O type, whether it needs
+calibration data, whether the Edge TPU compiler accepts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_app.errors import EdgeclsError
+
+log = logging.getLogger("edgecls")
+
+
+class ConversionError(EdgeclsError):
+    """TensorFlow Lite could not lower the model for a target (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    io: str  # "float32", or "config": the --io choice
+    needs_calibration: bool
+    edgetpu_ready: bool
+    configure: Callable
+
+    def filename(self) -> str:
+        return f"model_{self.name}.tflite"
+
+
+def _fp32(converter, tf, calibration, io: str) -> None:
+    """No optimization: the float graph as TFLite builtins."""
+
+
+def _fp16(converter, tf, calibration, io: str) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic(converter, tf, calibration, io: str) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8(converter, tf, calibration, io: str) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    # Builtins INT8 only: an op without an int8 kernel fails the conversion instead of silently
+    # staying float, which the Edge TPU compiler would reject later anyway.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io != "float32":
+        converter.inference_input_type = getattr(tf, io)
+        converter.inference_output_type = getattr(tf, io)
+
+
+TARGETS = {t.name: t for t in (
+    Target("fp32", "float32 weights and kernels: the reference", "float32", False, False, _fp32),
+    Target("fp16", "float16 weights (half the size), float32 kernels on CPU", "float32", False, False, _fp16),
+    Target("dynamic", "int8 weights, float activations (dynamic-range): smallest float file", "float32", False,
+           False, _dynamic),
+    Target("int8", "full integer, per-channel int8 weights and activations", "config", True, True, _int8),
+)}
+
+
+def target_table() -> list[dict]:
+    """The table as rows, for ``--help``, docs and the report."""
+    return [{"quant": t.name, "file": t.filename(), "io": t.io if t.io != "config" else "uint8|int8|float32 (--io)",
+             "calibration": t.needs_calibration, "edgetpu_ready": t.edgetpu_ready, "description": t.description}
+            for t in TARGETS.values()]
+
+
+def convert(reference, target: Target, io: str = "uint8", calibration=None) -> bytes:
+    """Convert ``reference`` (a :class:`~converter.reference.ReferenceModel`) for ``target``.
+
+    Example:
+        >>> data = convert(ref, TARGETS["int8"], io="uint8", calibration=representative_dataset(pixels))
+    """
+    from converter.reference import native_stderr_to_log, quiet_tensorflow
+
+    tf = quiet_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([reference.concrete_function()], reference.trackable)
+    target.configure(converter, tf, calibration, io)
+    try:
+        with native_stderr_to_log():
+            return bytes(converter.convert())
+    except Exception as e:  # ConverterError, and ValueError/RuntimeError from the calibrator
+        raise ConversionError(explain_failure(str(e), target.name, reference.path)) from e
+
+
+_TF_OP = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op")
+_UNQUANTIZABLE = re.compile(r"(?:Quantization not yet supported for op|not supported for op)[: ]*'?([A-Za-z0-9_.]+)")
+_FAILED_OP = re.compile(r"failed to legalize operation '([A-Za-z0-9_.]+)'")
+
+
+def explain_failure(message: str, quant: str, path) -> str:
+    """One line: which op(s) could not be lowered for ``quant``, and what to try instead."""
+    ops = sorted(set(_TF_OP.findall(message)) | set(_UNQUANTIZABLE.findall(message)) | set(_FAILED_OP.findall(message)))
+    what = f"op {', '.join(ops)}" if ops else "an op"
+    if quant == "int8":
+        fix = ("it has no int8 kernel; try --quant dynamic (int8 weights, float activations) or --quant fp16, "
+               "or replace that layer")
+    else:
+        fix = ("TFLite has no builtin kernel for it; replace that layer with standard Keras layers, "
+               "or try --quant dynamic")
+    first = next((line.strip() for line in message.splitlines() if "error" in line.lower()), message.strip()[:200])
+    log.debug("converter said: %s", message)
+    return f"cannot convert {path} to {quant}: {what} cannot be lowered to TFLite ({first[:200]}); {fix}"
