@@ -26,19 +26,22 @@ class Evaluation:
     predictions: np.ndarray
     accuracy: float
     per_class: dict[str, float | None]
+    confusion_matrix: list[list[int]]
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "per_class_accuracy": self.per_class}
+        return {"accuracy": self.accuracy, "per_class_accuracy": self.per_class,
+                "confusion_matrix": self.confusion_matrix}
 
 
 def evaluate(predictions: np.ndarray, truth: np.ndarray, labels: list[str]) -> Evaluation:
-    """Accuracy and per-class accuracy (recall; ``None`` for a class with no images)."""
-    from sklearn.metrics import accuracy_score, recall_score
+    """Accuracy, per-class accuracy (recall; ``None`` for a class with no images) and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
     recall = recall_score(truth, predictions, labels=list(range(len(labels))), average=None, zero_division=0)
     present = set(truth.tolist())
     per_class = {label: (float(recall[i]) if i in present else None) for i, label in enumerate(labels)}
-    return Evaluation(predictions, float(accuracy_score(truth, predictions)), per_class)
+    matrix = confusion_matrix(truth, predictions, labels=list(range(len(labels)))).tolist()
+    return Evaluation(predictions, float(accuracy_score(truth, predictions)), per_class, matrix)
 
 
 def reference_predictions(reference, images: list[np.ndarray], spec, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +74,7 @@ def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarr
         "agreement": float(np.mean(variant.predictions == reference_top1)),
         "per_class_accuracy": variant.per_class,
         "per_class_delta_pp": deltas,
+        "confusion_matrix": variant.confusion_matrix,
     }
 
 

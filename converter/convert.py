@@ -124,6 +124,7 @@ def run(config: ConvertConfig) -> dict:
                        "per_class": {label: int((truth == i).sum()) for i, label in enumerate(source.labels)}},
         "float_accuracy": float_eval.accuracy,
         "float_per_class_accuracy": float_eval.per_class,
+        "float_confusion_matrix": float_eval.confusion_matrix,
         "calibration": calibration_summary,
         "limits": {"max_accuracy_drop_pp": config.max_accuracy_drop, "max_latency_ms": config.max_latency_ms},
         "machine": _machine(threads, config),

@@ -116,6 +116,12 @@ def test_report_accuracy_equals_an_independent_evaluation(converted, data_dir):
             mask = truth == i
             delta = 100 * (np.mean(top1[mask] == i) - np.mean(keras_top1[mask] == i))
             assert variant["per_class_delta_pp"][label] == pytest.approx(delta, abs=1e-3)
+        counted = np.zeros((len(LABELS), len(LABELS)), int)
+        np.add.at(counted, (truth, top1), 1)
+        assert variant["confusion_matrix"] == counted.tolist(), quant
+    float_counted = np.zeros((len(LABELS), len(LABELS)), int)
+    np.add.at(float_counted, (truth, keras_top1), 1)
+    assert report["float_confusion_matrix"] == float_counted.tolist()
     assert report["float_accuracy"] > 0.6  # the tiny model learned something, so agreement means something
 
 
