@@ -1,0 +1,208 @@
+"""The timing loop: load, first invoke, warm-up, then timed ``set_tensor`` + ``invoke``; and the figures from it.
+
+Nothing here imports more than numpy and the runtime, and nothing runs between the two clock
+reads but the two interpreter calls, so ``edgecls bench`` reports what a bare interpreter loop
+would (``benchmarks/raw_loop.py`` checks that).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.runtime import ImageClassifier, ModelArtifact, load_runtime, read_artifact
+
+QUANTS = ("fp32", "fp16", "dynamic", "int8", "uint8")
+
+
+def latency_stats(samples_ms) -> dict:
+    """Mean, min, p50, p90, p99, max and standard deviation of latencies in milliseconds.
+
+    Percentiles interpolate linearly between samples (numpy's default), so with few runs
+    ``p99`` lies between the two slowest samples.
+
+    Example:
+        >>> latency_stats([2.0, 1.0, 3.0])["p50"]
+        2.0
+    """
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"mean": float(values.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "min": float(values.min()), "max": float(values.max()), "std": float(values.std())}
+
+
+def time_invokes(interpreter, input_index: int, tensor: np.ndarray, runs: int = 100, warmup: int = 10,
+                 duration: float | None = None) -> tuple[float, list[float]]:
+    """Time ``set_tensor`` + ``invoke``: returns ``(first_invoke_ms, samples_ms)``.
+
+    The first invoke (XNNPACK packs weights, caches warm) is timed on its own and is not part of
+    the samples; ``warmup`` more untimed invokes follow; then ``runs`` timed ones, or as many as
+    fit in ``duration`` seconds.
+
+    Example:
+        >>> first_ms, samples = time_invokes(clf.interpreter, clf.input_detail["index"], buffer, runs=50)
+    """
+    set_tensor, invoke, clock = interpreter.set_tensor, interpreter.invoke, time.perf_counter_ns
+    start = clock()
+    set_tensor(input_index, tensor)
+    invoke()
+    first_ms = (clock() - start) / 1e6
+    for _ in range(warmup):
+        set_tensor(input_index, tensor)
+        invoke()
+    ticks = []
+    append = ticks.append
+    if duration is None:
+        for _ in range(runs):
+            start = clock()
+            set_tensor(input_index, tensor)
+            invoke()
+            append(clock() - start)
+    else:
+        deadline = clock() + int(duration * 1e9)
+        while True:
+            start = clock()
+            set_tensor(input_index, tensor)
+            invoke()
+            end = clock()
+            append(end - start)
+            if end >= deadline:
+                break
+    return first_ms, [t / 1e6 for t in ticks]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (VmHWM; ``ru_maxrss`` where /proc is absent)."""
+    hwm = _proc_status_kb("VmHWM")
+    if hwm is not None:
+        return hwm / 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    return maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process now, in MiB (None where /proc is absent)."""
+    rss = _proc_status_kb("VmRSS")
+    return None if rss is None else rss / 1024
+
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def infer_quant(artifact: ModelArtifact, interpreter=None) -> str:
+    """The model's quantization: its metadata's ``quant``, else its file name, else its tensor types.
+
+    Tensor types: integer input → ``int8`` (with int8 tensors inside; uint8 I/O costs little) or
+    ``uint8`` (legacy per-tensor uint8 throughout, like Coral's models); float input with float16
+    tensors → ``fp16``; with int8 weights → ``dynamic``; else ``fp32``.
+
+    Example:
+        >>> infer_quant(read_artifact("mobilenet_v2_1.0_224_quant.tflite"), interpreter)
+        'uint8'
+    """
+    quant = artifact.metadata.get("quant")
+    if quant:
+        return str(quant)
+    for token in reversed(Path(artifact.path).stem.lower().replace("-", "_").split("_")):
+        if token in QUANTS:
+            return token
+    if interpreter is None:
+        return "unknown"
+    input_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"])
+    dtypes = set()
+    for detail in interpreter.get_tensor_details():
+        try:
+            dtypes.add(np.dtype(detail["dtype"]))
+        except TypeError:
+            continue
+    if input_dtype in (np.dtype(np.uint8), np.dtype(np.int8)):
+        return "int8" if np.dtype(np.int8) in dtypes else "uint8"
+    if np.dtype(np.float16) in dtypes:
+        return "fp16"
+    if np.dtype(np.int8) in dtypes:
+        return "dynamic"
+    return "fp32"
+
+
+def timing_input(clf: ImageClassifier, seed: int = 0) -> np.ndarray:
+    """A fixed pseudo-random input tensor of the model's shape and type (CPU latency does not depend on pixels)."""
+    rng = np.random.default_rng(seed)
+    buffer = clf.spec.new_buffer()
+    if np.issubdtype(buffer.dtype, np.integer):
+        info = np.iinfo(buffer.dtype)
+        buffer[...] = rng.integers(info.min, info.max, size=buffer.shape, endpoint=True, dtype=buffer.dtype)
+    else:
+        buffer[...] = rng.uniform(-1.0, 1.0, size=buffer.shape)
+    return buffer
+
+
+def measure_latency(model: str | Path, threads: int, runs: int = 100, warmup: int = 10,
+                    duration: float | None = None, device: str = "cpu", labels: str | None = None,
+                    mean=None, std=None) -> tuple[dict, ImageClassifier]:
+    """Load ``model`` and time it; returns ``(result, classifier)`` where ``result`` is one report row.
+
+    Peak RSS is read right after the timed loop, so it covers loading and invoking the model (and
+    whatever this process held before); run it in a fresh process for per-model figures.
+
+    Example:
+        >>> row, clf = measure_latency("model_int8.tflite", threads=2, runs=100)
+        >>> row["latency_ms"]["p50"], row["fps"]
+    """
+    start = time.perf_counter_ns()
+    load_runtime()  # import the runtime first: a one-off process cost, neither the model's load time nor its memory
+    import_ms = (time.perf_counter_ns() - start) / 1e6
+    baseline_rss = rss_mb()
+    start = time.perf_counter_ns()
+    clf = ImageClassifier(model, labels=labels, device=device, num_threads=threads, mean=mean, std=std)
+    load_ms = (time.perf_counter_ns() - start) / 1e6
+    artifact = read_artifact(clf.path)
+    tensor = timing_input(clf)
+    first_ms, samples = time_invokes(clf.interpreter, clf.input_detail["index"], tensor, runs, warmup, duration)
+    peak = peak_rss_mb()
+    stats = latency_stats(samples)
+    row = {
+        "model": str(clf.path),
+        "name": display_name(clf.path),
+        "quant": infer_quant(artifact, clf.interpreter),
+        "size_bytes": os.path.getsize(clf.path),
+        "threads": clf.num_threads,
+        "device": device,
+        "input": clf.describe()["input"],
+        "num_classes": clf.num_classes,
+        "runs": len(samples),
+        "warmup": warmup,
+        "latency_ms": stats,
+        "fps": 1000.0 / stats["mean"],
+        "first_invoke_ms": first_ms,
+        "load_ms": load_ms,
+        "runtime_import_ms": import_ms,
+        "peak_rss_mb": peak,
+        # Python, numpy and the runtime before the model was loaded: peak minus this is the model's own share.
+        "baseline_rss_mb": baseline_rss,
+        "model_rss_mb": None if baseline_rss is None else peak - baseline_rss,
+        "accuracy": None,
+        "samples_ms": [round(s, 4) for s in samples],
+    }
+    return row, clf
+
+
+def display_name(path: str | Path) -> str:
+    """``run/model_int8.tflite`` → ``run/model_int8``; a file elsewhere → its stem (short names for tables)."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.stem}" if path.stem.startswith("model_") and path.parent.name else path.stem
