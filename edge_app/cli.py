@@ -58,7 +58,7 @@ def main(commands: Mapping[str, Command], argv: Sequence[str] | None = None, pro
         prog=prog,
         formatter_class=HelpFormatter,
         description="Train, quantize, prove and run image classifiers on edge devices.",
-        epilog="Run '%s COMMAND --help' for a command's options and examples." % prog,
+        epilog=f"Run '{prog} COMMAND --help' for a command's options and examples.",
     )
     top.add_argument("--version", action="version", version=f"edgecls {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", title="commands")

@@ -53,9 +53,9 @@ def test_edge_app_runs_without_tensorflow(shared):
 
 
 def test_classify_imports_no_tensorflow(shared):
-    code = ("import sys; from edgecls.cli import main; rc = main(['classify', %r, %r]); "
+    code = (f"import sys; from edgecls.cli import main; rc = main(['classify', {str(IMAGENET_MODEL)!r}, {str(PARROT)!r}]); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'; "
-            "sys.exit(rc)") % (str(IMAGENET_MODEL), str(PARROT))
+            "sys.exit(rc)")
     import subprocess
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -132,8 +132,7 @@ def test_falls_back_to_tensorflow_lite_when_litert_is_missing(shared):
     import subprocess
 
     code = ("import sys; sys.modules['ai_edge_litert'] = None; sys.modules['tflite_runtime'] = None; "
-            "from edgecls.cli import main; sys.exit(main(['classify', '-v', %r, %r, '--json']))"
-            % (str(IMAGENET_MODEL), str(PARROT)))
+            f"from edgecls.cli import main; sys.exit(main(['classify', '-v', {str(IMAGENET_MODEL)!r}, {str(PARROT)!r}, '--json']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "runtime: tensorflow.lite" in result.stderr

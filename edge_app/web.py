@@ -1,0 +1,222 @@
+"""``--web HOST:PORT``: a kiosk page, a live MJPEG view and ``/status`` JSON, from the standard library.
+
+Routes: ``/`` (the page: live view, current label and score, recent history, FPS, device),
+``/status`` (JSON), ``/stream.mjpg`` (``multipart/x-mixed-replace`` MJPEG), ``/frame.jpg``
+(one snapshot). Frames are encoded only while someone watches, at most ``max_fps`` a second,
+once per frame however many viewers; MJPEG sources pass their own JPEG bytes through.
+Bound to 127.0.0.1 unless the user asks for another address with ``--allow-remote``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edge_app.device import device_facts
+from edge_app.errors import EdgeclsError
+from edge_app.kiosk import PAGE
+from edge_app.sinks import Result, Sink
+from edge_app.sources import Frame
+
+log = logging.getLogger("edgecls")
+
+BOUNDARY = "edgeclsframe"
+
+
+def parse_web_address(value: str, allow_remote: bool = False) -> tuple[str, int]:
+    """``"8080"``, ``":8080"``, ``"127.0.0.1:8080"``, ``"[::1]:8080"`` → ``(host, port)``.
+
+    Raises:
+        EdgeclsError: a malformed address, or a non-loopback host without ``allow_remote``.
+
+    Example:
+        >>> parse_web_address("8080")
+        ('127.0.0.1', 8080)
+    """
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise EdgeclsError(f"--web {value}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if not allow_remote and not _is_loopback(host):
+        raise EdgeclsError(f"--web {value} would let other machines watch this camera; add --allow-remote "
+                           "if that is what you want (and put it behind a firewall), or use 127.0.0.1:PORT")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebView(Sink):
+    """The kiosk web server, as a sink of the live loop.
+
+    Example:
+        >>> web = WebView("127.0.0.1", 8080)
+        >>> web.start({"model": "leaf.tflite"})   # serves until close()
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, history: int = 20):
+        self.max_fps = max_fps
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._version = 0
+        self._jpeg: tuple[int, bytes] = (-1, b"")
+        self._encode_lock = threading.Lock()
+        self._status: dict = {"label": None, "score": None, "frame": None, "fps": 0.0}
+        self._history: deque = deque(maxlen=history)
+        self._info: dict = {}
+        self._facts: tuple[float, dict] = (0.0, {})
+        self._started = time.time()
+        self.closed = threading.Event()
+        self.viewers = 0
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+        try:
+            self.server = server_class((host, port), _handler(self))
+        except OSError as e:
+            raise EdgeclsError(f"--web {host}:{port}: cannot listen there ({e.strerror}); is another program "
+                               "using the port? Choose another, e.g. --web 127.0.0.1:8081") from e
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="edgecls-web", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self, info: dict) -> None:
+        self._info = info
+        self._thread.start()
+        log.info("web view on %s", self.url)
+
+    def update(self, frame: Frame, result: Result) -> None:
+        with self._cond:
+            previous = self._status.get("label")
+            self._status = {"label": result.label, "score": round(result.score, 4), "uncertain": result.uncertain,
+                            "top_k": [{"label": lb, "score": round(s, 4)} for lb, s in result.top_k],
+                            "frame": result.frame, "t": round(result.t, 3), "latency_ms": round(result.latency_ms, 2),
+                            "fps": round(result.fps, 1)}
+            if result.label != previous:
+                self._history.appendleft({"t": round(result.t, 3), "label": result.label,
+                                          "score": round(result.score, 4)})
+            self._frame = frame
+            self._version += 1
+            self._cond.notify_all()
+
+    def event(self, name: str, detail: str) -> None:
+        with self._cond:
+            self._history.appendleft({"t": round(time.time(), 3), "event": name, "detail": detail})
+
+    def status(self) -> dict:
+        """What ``/status`` returns: the current result, recent label changes, run and device facts."""
+        now = time.time()
+        if now - self._facts[0] > 10:  # temperature and throttling change; vcgencmd is not free
+            self._facts = (now, device_facts())
+        with self._cond:
+            return {**self._status, "history": list(self._history), "uptime_s": round(now - self._started, 1),
+                    "viewers": self.viewers, "run": self._info, "device": self._facts[1]}
+
+    def jpeg(self, wait_newer_than: int | None = None, timeout: float = 2.0) -> tuple[int, bytes] | None:
+        """``(version, JPEG bytes)`` of the newest frame, encoded once however many viewers ask."""
+        import cv2
+
+        with self._cond:
+            if wait_newer_than is not None:
+                self._cond.wait_for(lambda: self._version > wait_newer_than or self.closed.is_set(), timeout)
+            frame, version = self._frame, self._version
+        if frame is None or self.closed.is_set():
+            return None
+        with self._encode_lock:
+            if self._jpeg[0] != version:
+                data = frame.jpeg if frame.jpeg is not None and frame.display is None else None
+                if data is None:
+                    ok, encoded = cv2.imencode(".jpg", frame.view_bgr(), [cv2.IMWRITE_JPEG_QUALITY, 80])
+                    if not ok:
+                        return None
+                    data = encoded.tobytes()
+                self._jpeg = (version, data)
+            return self._jpeg
+
+    def close(self) -> None:
+        self.closed.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(view: WebView) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "edgecls"
+
+        def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+            log.debug("web %s: %s", self.address_string(), format % args)
+
+        def do_GET(self):
+            path = self.path.split("?", 1)[0]
+            try:
+                if path in ("/", "/index.html"):
+                    self._send(200, "text/html; charset=utf-8", PAGE)
+                elif path == "/status":
+                    self._send(200, "application/json", json.dumps(view.status()).encode())
+                elif path == "/frame.jpg":
+                    got = view.jpeg()
+                    if got is None:
+                        self._send(503, "text/plain", b"no frame yet\n")
+                    else:
+                        self._send(200, "image/jpeg", got[1])
+                elif path == "/stream.mjpg":
+                    self._stream()
+                else:
+                    self._send(404, "text/plain", b"not found: try / or /status or /stream.mjpg\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the viewer left
+
+        def _send(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _stream(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            with view._cond:
+                view.viewers += 1
+            try:
+                version, period = -1, 1.0 / view.max_fps
+                while not view.closed.is_set():
+                    started = time.monotonic()
+                    got = view.jpeg(wait_newer_than=version)
+                    if got is None or got[0] == version:
+                        continue
+                    version, data = got
+                    self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                    view.closed.wait(max(0.0, period - (time.monotonic() - started)))
+            finally:
+                with view._cond:
+                    view.viewers -= 1
+
+    return Handler

@@ -1,0 +1,121 @@
+"""The live app's outputs and helpers: log rotation, smoothing, config validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_app.app import AppConfig
+from edge_app.errors import EdgeclsError
+from edge_app.sinks import DisplayError, JsonlLog, OverlayWindow, Result, draw_overlay
+from edge_app.smoothing import Smoother
+
+
+def test_log_rotates_by_size_and_every_file_starts_with_its_header(tmp_path):
+    path = tmp_path / "run.jsonl"
+    log = JsonlLog(path, max_bytes=2000, backups=2)
+    log.start({"model": "m.tflite", "runtime": "ai-edge-litert"})
+    for i in range(100):
+        log.update(None, Result(i, 1.7e9 + i, "macaw", 0.9, latency_ms=5.0, fps=30.0))
+    log.close()
+    files = [path, path.with_name("run.jsonl.1"), path.with_name("run.jsonl.2")]
+    assert all(f.exists() for f in files) and not path.with_name("run.jsonl.3").exists()
+    frames = []
+    for f in reversed(files):
+        assert f.stat().st_size <= 2000
+        records = [json.loads(line) for line in f.read_text().splitlines()]
+        assert records[0]["header"]["model"] == "m.tflite"
+        frames += [r["frame"] for r in records[1:]]
+    assert frames == list(range(frames[0], 100))  # the newest frames, in order, none twice
+
+
+def test_smoother_averages_the_last_n_and_resets():
+    smoother = Smoother(3, 2)
+    outs = [smoother.update(np.array(s, np.float32)).copy() for s in ([1, 0], [0, 1], [0, 1], [0, 1])]
+    assert np.allclose(outs, [[1, 0], [0.5, 0.5], [1 / 3, 2 / 3], [0, 1]])
+    smoother.reset()
+    assert np.allclose(smoother.update(np.array([1, 0], np.float32)), [1, 0])
+    assert Smoother(1, 2).update(np.array([0.3, 0.7], np.float32)).tolist() == pytest.approx([0.3, 0.7])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"threshold": 1.5}, "--threshold"),
+    ({"smooth": 0}, "--smooth"),
+    ({"display": True}, "contradict"),
+    ({"save_when": ("macaw",)}, "--save-frames"),
+    ({"web": "0.0.0.0:8080"}, "--allow-remote"),
+    ({"max_frames": 0}, "--max-frames"),
+    ({"mean": 127.5}, "--std"),
+])
+def test_config_refuses_bad_values_with_the_flag_named(bad, message):
+    with pytest.raises(EdgeclsError, match=message):
+        AppConfig("m.tflite", **bad)
+    assert AppConfig("m.tflite", save_frames="ev", save_when="a, b").save_when == ("a", "b")
+    assert AppConfig("m.tflite", display=True, headless=False).display
+
+
+def test_overlay_draws_label_score_and_fps():
+    image = np.full((480, 640, 3), 255, np.uint8)
+    draw_overlay(image, Result(3, 0.0, "macaw", 0.97, fps=29.5))
+    band = image[:40]
+    assert (band == 0).mean() > 0.5  # the dark band behind the text
+    assert (band[..., 1] > 200).any() and (image[60:] == 255).all()  # green label text; the picture below untouched
+
+
+def test_display_without_a_screen_says_what_to_use_instead(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(DisplayError, match="--web"):
+        OverlayWindow()
+
+
+def test_a_full_disk_drops_log_lines_but_never_stops_the_run(caplog, shared):
+    from conftest import IMAGENET_MODEL, IMAGES
+
+    from edge_app.app import run
+
+    stats = run(AppConfig(str(IMAGENET_MODEL), source=str(IMAGES), log="/dev/full"))  # every write: ENOSPC
+    assert stats.frames == 4 and stats.stopped == "end"
+    assert "cannot write" in caplog.text and "classifying on" in caplog.text
+
+
+def test_log_says_how_many_lines_were_lost_once_writing_works_again(tmp_path):
+    path = tmp_path / "run.jsonl"
+    log = JsonlLog(path, flush_s=0)
+    log.start({"model": "m.tflite"})
+    real_write, failing = log._file.write, {"on": True}
+
+    def write(data):
+        if failing["on"]:
+            raise OSError(28, "No space left on device")
+        return real_write(data)
+
+    # A disk that fills up, then gets space back.
+    log._file = type("Flaky", (), {"write": staticmethod(write), "close": log._file.close,
+                                   "fileno": log._file.fileno})()
+    for i in range(3):
+        log.update(None, Result(i, 1.7e9, "macaw", 0.9))
+    failing["on"] = False
+    log.update(None, Result(3, 1.7e9, "macaw", 0.9))
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r.get("event") for r in records[1:3]] == ["log_lines_dropped", None]
+    assert records[1]["detail"] == "3" and records[2]["frame"] == 3
+
+
+def test_evidence_frames_are_rate_limited_per_label_and_capped(tmp_path):
+    from edge_app.sinks import FrameSaver
+    from edge_app.sources import Frame
+
+    saver = FrameSaver(tmp_path / "ev", labels=("macaw", "uncertain"), min_interval_s=1.0, max_files=3)
+    image = np.full((48, 64, 3), 128, np.uint8)
+    for i, (t, label) in enumerate([(0.0, "macaw"), (0.5, "macaw"), (0.6, "uncertain"), (1.2, "macaw"),
+                                    (1.3, "hen"), (2.4, "macaw"), (3.5, "macaw")]):
+        saver.update(Frame(image, "RGB", i, t), Result(i, 1.7e9 + t, label, 0.5))
+    names = sorted(p.name for p in (tmp_path / "ev").glob("*.jpg"))
+    # Saved: frames 0, 2, 3, 5, 6 (0.5 s after the last macaw is too soon; hen is not asked for);
+    # only the newest three are kept.
+    assert saver.saved == 5 and len(names) == 3
+    assert [n.split("_")[1] for n in names] == ["f000003", "f000005", "f000006"]
