@@ -52,6 +52,11 @@ def _configure_logging(verbosity: int) -> None:
 def main(commands: Mapping[str, Command], argv: Sequence[str] | None = None, prog: str = "edgecls") -> int:
     """Parse ``argv``, run the chosen command and turn errors into exit codes (0 ok, 1 check failed, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(commands) == 1:
+        # `python -m trainer DATA --out RUN`: a one-command package needs no command name.
+        (only,) = commands
+        if argv[:1] != [only] and not set(argv) & {"--version"}:
+            argv.insert(0, only)
     from edge_app import __version__
 
     top = argparse.ArgumentParser(

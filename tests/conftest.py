@@ -1,22 +1,11 @@
-"""Shared fixtures: the real third-party models and photos in ../shared, and CLI runners."""
+"""Fixtures every test area shares; the constants and ``run_cli`` live in support.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGECLS_SHARED", REPO.parent / "shared"))
-MODELS = SHARED / "models"
-IMAGES = SHARED / "images"
-IMAGENET_MODEL = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
-BIRD_MODEL = MODELS / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
-EDGETPU_MODEL = MODELS / "mobilenet_v1_1.0_224_quant_embedding_extractor_edgetpu.tflite"
-POTATO = SHARED / "datasets" / "plantvillage-potato"
+from support import MODELS, SHARED, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -25,14 +14,6 @@ def shared() -> Path:
         pytest.fail(f"{SHARED} is missing: the tests read real models and photos from ../shared "
                     "(or set EDGECLS_SHARED)")
     return SHARED
-
-
-def run_cli(*args: str | os.PathLike, module: str = "edgecls", env: dict | None = None,
-            timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> ARGS`` in a subprocess, as a user would, and capture its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=REPO, input=input)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from support import REPO
 
 from edge_app.errors import EdgeclsError
 from edge_app.runtime import read_image

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO, run_cli
+from support import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO, run_cli
 
 from benchmarks.report import format_cell
 

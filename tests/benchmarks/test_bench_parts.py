@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import IMAGENET_MODEL, IMAGES, REPO
+from support import IMAGENET_MODEL, IMAGES, REPO
 
 from benchmarks.accuracy import labelled_images, match_folders
 from benchmarks.bench import check_models

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from support import run_cli
 
 from benchmarks.latency import infer_quant
 from edge_app.runtime import embed_metadata, make_interpreter, read_artifact

@@ -1,11 +1,12 @@
-"""Fixtures of the converter tests. A real run directory, built once per session: patterned images written with OpenCV, a tiny Keras
+"""Fixtures of the converter tests.
+
+A real run directory, built once per session: patterned images written with OpenCV, a tiny Keras
 model that follows the run contract (float32 0-255 input, Rescaling inside, softmax), trained a few
 steps on exactly the pixels the device will see, saved with labels.txt and config.json.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -13,23 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support import run_cli  # noqa: F401  (re-exported to the converter tests)
 
 from edge_app.runtime import InputSpec, preprocess, read_image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _root_conftest():
-    # By file, not `from conftest import`: with several conftest.py files in tests/, that name is
-    # whichever pytest imported last.
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_edgecls_tests_root", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_cli = _root_conftest().run_cli
 
 LABELS = ["circles", "horizontal stripes", "vertical stripes"]  # a space in a label, as real folders have
 SIZE = 48

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO
+from support import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO
 
 from edge_app.app import AppConfig, run
 from edge_app.errors import EdgeclsError, SourceError

@@ -72,7 +72,7 @@ def test_display_without_a_screen_says_what_to_use_instead(monkeypatch):
 
 
 def test_a_full_disk_drops_log_lines_but_never_stops_the_run(caplog, shared):
-    from conftest import IMAGENET_MODEL, IMAGES
+    from support import IMAGENET_MODEL, IMAGES
 
     from edge_app.app import run
 

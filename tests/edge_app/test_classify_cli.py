@@ -7,7 +7,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS, REPO, run_cli
+from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS, REPO, run_cli
 
 PARROT, HOPPER = IMAGES / "parrot.jpg", IMAGES / "grace_hopper.bmp"
 

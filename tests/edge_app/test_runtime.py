@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS
+from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS
 
 from edge_app.errors import DelegateError, ImageError, LabelsError, ModelError
 from edge_app.runtime import (

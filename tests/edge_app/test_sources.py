@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import IMAGES
+from support import IMAGES
 
 from edge_app.errors import SourceError
 from edge_app.feeds import FileFeed, LiveFeed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import IMAGES
+from support import IMAGES
 
 from edge_app.runtime import ImageClassifier, InputSpec, embed_metadata, preprocess, read_image
 

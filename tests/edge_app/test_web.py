@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import IMAGENET_MODEL, IMAGES
+from support import IMAGENET_MODEL, IMAGES
 
 from edge_app.app import AppConfig, run
 from edge_app.errors import EdgeclsError

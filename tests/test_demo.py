@@ -1,0 +1,92 @@
+"""``edgecls demo --quick`` end to end, and ``edgecls report`` on what it left."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+from support import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.headings, self.images, self.tables, self._in_h2 = [], [], 0, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "h2":
+            self._in_h2 = True
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "table":
+            self.tables += 1
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data.strip())
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = run_cli("demo", "--quick", "--out", out, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_quick_demo_runs_every_stage(demo_run):
+    out, result = demo_run
+    for name in ("model.keras", "labels.txt", "config.json", "metrics.json", "model_fp32.tflite",
+                 "model_int8.tflite", "conversion.json", "conversion.md", "bench.json", "bench.png",
+                 "held_out.avi", "live.jsonl", "live.json", "demo.json", "report.html"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "demo.json").read_text())
+    assert set(summary["variants"]) == {"fp32", "int8"}
+    conversion = json.loads((out / "conversion.json").read_text())
+    assert summary["float_accuracy"] == conversion["float_accuracy"]
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["quant"] for r in bench["results"]} == {"fp32", "int8"}
+    # The live loop logged every frame of the held-out video once, in order.
+    frames = [json.loads(line) for line in (out / "live.jsonl").read_text().splitlines()]
+    numbers = [f["frame"] for f in frames if "frame" in f]
+    assert numbers == list(range(len(numbers))) and len(numbers) == summary["live"]["frames"] > 0
+    labels = set((out / "labels.txt").read_text().split())
+    assert {f["label"] for f in frames if "frame" in f} <= labels | {"uncertain"}
+    # The printed summary points at the report.
+    assert f"report: {out / 'report.html'}" in result.stdout
+
+
+def test_report_is_self_contained_and_complete(demo_run):
+    out, _ = demo_run
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    for heading in ("Dataset", "Training", "Confusion matrices (test split)", "Per class", "Conversion",
+                    "Benchmark", "Live pipeline", "Device"):
+        assert heading in page.headings, heading
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert page.tables >= 6  # dataset, two confusion matrices, per class, conversion, benchmark, device
+
+
+def test_report_command_regenerates_and_rejects_a_non_run(demo_run, tmp_path):
+    out, _ = demo_run
+    (out / "report.html").unlink()
+    result = run_cli("report", out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out / "report.html") and (out / "report.html").is_file()
+    bad = run_cli("report", tmp_path)
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_demo_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    result = run_cli("demo", "--quick", "--out", tmp_path)
+    assert result.returncode == 2 and "not an edgecls run folder" in result.stderr
+    assert (tmp_path / "thesis.tex").read_text() == "precious"

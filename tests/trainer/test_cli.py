@@ -1,0 +1,275 @@
+"""`edgecls train` through the real CLI: bad input gives one line and exit 2; interruptions keep the best model."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from support import REPO, run_cli
+
+from tests.trainer.conftest import write_dataset
+
+FAST = (
+    "--backbone",
+    "simple_cnn",
+    "--image-size",
+    "16",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--gradcam-images",
+    "1",
+)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edgecls train: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def test_help_shows_examples_and_backbones():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    assert "edgecls train data/potato --out runs/potato" in result.stdout
+    assert "mobilenet_v3_small_minimalistic" in result.stdout and "--no-augment" in result.stdout
+
+
+def test_empty_dataset_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    _one_line_error(
+        run_cli("train", tmp_path / "data", "--out", tmp_path / "run"), "is empty", "class sub-folders"
+    )
+
+
+def test_missing_dataset_folder(tmp_path):
+    _one_line_error(run_cli("train", tmp_path / "nope", "--out", tmp_path / "run"), "no such dataset folder")
+
+
+def test_class_folder_without_images(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=4, mixed=False)
+    (data / "weeds").mkdir()
+    (data / "weeds" / "notes.txt").write_text("not an image")
+    _one_line_error(run_cli("train", data, "--out", tmp_path / "run"), str(data / "weeds"), "has no images")
+
+
+def test_single_class(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=4, classes=("discs",), mixed=False)
+    _one_line_error(run_cli("train", data, "--out", tmp_path / "run"), "single class", "'discs'")
+
+
+def test_class_left_empty_by_corrupt_images(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=4, mixed=False)
+    for path in (data / "stripes").iterdir():
+        path.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    line = _one_line_error(run_cli("train", data, "--out", tmp_path / "run"), "no readable images")
+    assert str(data / "stripes") in line
+
+
+def test_unknown_backbone(tmp_path, dataset):
+    result = run_cli("train", dataset, "--out", tmp_path / "run", "--backbone", "resnet50")
+    assert result.returncode == 2 and "invalid choice: 'resnet50'" in result.stderr
+    assert "mobilenet_v3_small" in result.stderr
+
+
+def test_image_size_the_backbone_cannot_take(tmp_path, dataset):
+    _one_line_error(
+        run_cli(
+            "train",
+            dataset,
+            "--out",
+            tmp_path / "run",
+            "--backbone",
+            "mobilenet_v2",
+            "--weights",
+            "none",
+            "--image-size",
+            "16",
+        ),
+        "--image-size 16 is too small for mobilenet_v2",
+        "at least 32",
+    )
+    _one_line_error(
+        run_cli("train", dataset, "--out", tmp_path / "run", "--backbone", "mobilenet", "--image-size", "96"),
+        "ImageNet weights need --image-size in [128, 160, 192, 224]",
+        "--weights none",
+    )
+
+
+def test_output_folder_exists(tmp_path, dataset):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("an earlier run")
+    _one_line_error(
+        run_cli("train", dataset, "--out", tmp_path / "run", *FAST), "already exists", "--overwrite"
+    )
+    assert (tmp_path / "run" / "keep.txt").exists()
+
+
+def test_weights_file_missing_or_wrong(tmp_path, dataset):
+    _one_line_error(
+        run_cli("train", dataset, "--out", tmp_path / "run", "--weights", tmp_path / "w.h5"), "no such file"
+    )
+    _one_line_error(
+        run_cli("train", dataset, "--out", tmp_path / "run", "--weights", tmp_path / "w.pt"),
+        "expected 'imagenet', 'none' or a .h5/.keras file",
+    )
+
+
+@pytest.mark.slow
+def test_offline_imagenet_fails_fast_naming_the_cache(tmp_path, dataset):
+    # A proxy on a closed port makes the download fail at once, online or not.
+    env = {
+        "KERAS_HOME": str(tmp_path / "keras-home"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    start = time.monotonic()
+    result = run_cli("train", dataset, "--out", tmp_path / "run", "--image-size", "32", env=env, timeout=120)
+    line = _one_line_error(
+        result,
+        "could not download the ImageNet weights for mobilenet_v3_small",
+        str(tmp_path / "keras-home" / "models"),
+        "--weights PATH",
+        "--weights none",
+    )
+    assert time.monotonic() - start < 90, line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_corrupt_images_skipped_counted_listed_and_overwrite(tmp_path, dataset):
+    (dataset / "discs" / "bad one.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (tmp_path / "run").mkdir()
+    result = run_cli("train", dataset, "--out", tmp_path / "run", "--overwrite", *FAST)
+    assert result.returncode in (0, 1), result.stderr
+    assert "skipping" in result.stderr and "bad one.jpg" in result.stderr
+    assert "skipped 1 unreadable" in result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [Path(s["path"]).name for s in config["skipped"]] == ["bad one.jpg"]
+    assert "run directory:" in result.stdout
+
+
+@pytest.mark.slow
+def test_model_that_stays_at_chance_says_so_loudly(tmp_path):
+    # Pure noise in both classes: nothing to learn, so validation stays at the majority rate.
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "noise" / name).mkdir(parents=True)
+        for i in range(20):
+            cv2.imwrite(
+                str(tmp_path / "noise" / name / f"{i}.png"), rng.integers(0, 256, (16, 16, 3), np.uint8)
+            )
+    result = run_cli("train", tmp_path / "noise", "--out", tmp_path / "run", *FAST, "--no-augment")
+    _one_line_error(result, "the model did not learn", "no better than always answering", code=1)
+    assert "THE MODEL DID NOT LEARN" in result.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]["learned"] is False
+
+
+@pytest.mark.slow
+def test_out_of_disk_during_save_publishes_nothing(tmp_path, dataset):
+    # RLIMIT_FSIZE makes any write past 64 KiB fail (EFBIG), as a full disk fails with ENOSPC.
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    args = [sys.executable, "-m", "edgecls", "train", str(dataset), "--out", str(tmp_path / "run"), *FAST]
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=limit,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    _one_line_error(result, "could not write the run", "disk full", "free some disk space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"], "no run and no partial folder left"
+
+
+@pytest.mark.slow
+def test_interrupt_keeps_the_best_model_so_far(tmp_path, dataset):
+    args = [
+        sys.executable,
+        "-m",
+        "edgecls",
+        "train",
+        str(dataset),
+        "--out",
+        str(tmp_path / "run"),
+        "--backbone",
+        "simple_cnn",
+        "--image-size",
+        "16",
+        "--epochs",
+        "500",
+        "--patience",
+        "500",
+        "--batch-size",
+        "8",
+        "--gradcam-images",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    stderr = []
+    for line in proc.stderr:
+        stderr.append(line)
+        if "Epoch 3/500" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, rest = proc.communicate(timeout=180)
+    stderr = "".join(stderr) + rest
+    assert proc.returncode == 130, stderr
+    assert "keeping the best model so far" in stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and 2 <= metrics["epochs_trained"] < 500
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_bad_fine_tune_layer_fails_before_training(tmp_path, dataset):
+    import keras
+
+    weights = tmp_path / "backbone.keras"
+    keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), include_top=False, weights=None, minimalistic=True
+    ).save(weights)
+    result = run_cli(
+        "train",
+        dataset,
+        "--out",
+        tmp_path / "run",
+        "--backbone",
+        "mobilenet_v3_small_minimalistic",
+        "--weights",
+        weights,
+        "--image-size",
+        "32",
+        "--fine-tune-at",
+        "block_99",
+    )
+    _one_line_error(
+        result,
+        "--fine-tune-at 'block_99' is not a layer of mobilenet_v3_small_minimalistic",
+        "layer name such as",
+    )
+    assert "Epoch 1/" not in result.stderr

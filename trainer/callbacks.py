@@ -1,0 +1,93 @@
+"""The callbacks every training stage shares: LR schedule, early stop, best checkpoint, timing, CSV.
+
+One :class:`TrainingCallbacks` lives for the whole run, so the best checkpoint and the history span
+both stages (the frozen head stage may fit a head-only model; the checkpoint still saves the full one).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+
+MONITOR = "val_loss"
+
+
+class TrainingCallbacks:
+    """The callbacks shared by every stage: best checkpoint, early stop, LR schedule, CSV, timing."""
+
+    def __init__(self, config: TrainConfig, model, best_path: Path, csv_path: Path):
+        import keras
+
+        class FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
+            # The frozen stage may fit a head-only model; the checkpoint always saves the full one.
+            def set_model(self, _model):
+                super().set_model(model)
+
+        outer = self
+
+        class StageLog(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.history.append(
+                    {
+                        "epoch": epoch,
+                        **(logs or {}),
+                        "stage": outer.stage,
+                        "epoch_s": round(time.perf_counter() - self.start, 3),
+                    }
+                )
+
+        class StageCSVLogger(keras.callbacks.CSVLogger):
+            # The stage and epoch time go to the CSV only: Keras's own callbacks expect numbers in logs.
+            def on_epoch_end(self, epoch, logs=None):
+                last = outer.history[-1]
+                super().on_epoch_end(
+                    epoch, {**(logs or {}), "stage": last["stage"], "epoch_s": last["epoch_s"]}
+                )
+
+        self.stage = ""
+        self.history: list[dict] = []
+        # Weights only: a full .keras save costs seconds per epoch, more than a head epoch on cached features.
+        self.checkpoint = FullModelCheckpoint(
+            str(best_path), monitor=MONITOR, save_best_only=True, save_weights_only=True, verbose=0
+        )
+        self.stage_log = StageLog()
+        self.csv = StageCSVLogger(str(csv_path), append=True)
+        self.patience = config.patience
+
+    def for_stage(self, stage: str) -> list:
+        import keras
+
+        self.stage = stage
+        # Order matters: StageLog times the epoch including the checkpoint, then the CSV logger reads it.
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                MONITOR, factor=0.3, patience=max(1, self.patience // 2), min_lr=1e-7, verbose=1
+            ),
+            keras.callbacks.EarlyStopping(
+                MONITOR, patience=self.patience, restore_best_weights=True, verbose=1
+            ),
+            self.checkpoint,
+            self.stage_log,
+            self.csv,
+        ]
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def median_epoch_s(self, stage: str) -> float:
+        times = [h["epoch_s"] for h in self.history if h["stage"] == stage]
+        return round(float(np.median(times)), 3) if times else 0.0
+
+    def best_epoch(self) -> int | None:
+        losses = [h.get(MONITOR, np.inf) for h in self.history]
+        return int(np.argmin(losses)) + 1 if losses else None

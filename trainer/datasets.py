@@ -1,0 +1,358 @@
+"""Datasets from folders: scanning, checking, stratified splits, and the streaming tf.data pipeline.
+
+Two layouts are read: ``DATA/<class>/*.jpg``, or ``DATA/train/<class>/…`` with optional ``val/`` and
+``test/`` beside it. Splits that are missing are carved out of the training images, per class (so
+every split keeps the class proportions), with a seeded shuffle; the exact file lists go into
+``config.json`` and :func:`load_split` reads them back without TensorFlow.
+
+Pixels are decoded and resized by ``edge_app.runtime`` (OpenCV, EXIF-aware, INTER_AREA when
+shrinking): the very code the device runs, so the Keras-vs-TFLite comparison measures quantization,
+not a resize mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.errors import ImageError
+from trainer.config import TrainError
+
+log = logging.getLogger("edgecls")
+
+# What the trainer reads; TIFF is left out on purpose: the tf-free device decoder reads it, but
+# leaf/camera datasets never use it and a stray .tif is more often a scan than a sample.
+TRAIN_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLITS = ("train", "val", "test")
+# Below this many bytes of decoded pixels the cache stays in memory; above, it goes to a file.
+MEMORY_CACHE_LIMIT_BYTES = 1 << 30
+
+Sample = tuple[str, int]  # (path relative to data_dir, class index)
+
+
+@dataclass
+class Dataset:
+    """A scanned dataset: labels, the three splits, and what was skipped."""
+
+    data_dir: Path
+    labels: list[str]
+    splits: dict[str, list[Sample]]
+    split_source: dict[str, str]
+    skipped: list[dict] = field(default_factory=list)
+
+    def paths(self, split: str) -> list[str]:
+        return [str(self.data_dir / rel) for rel, _ in self.splits[split]]
+
+    def targets(self, split: str) -> np.ndarray:
+        return np.array([index for _, index in self.splits[split]], np.int64)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {label: count}}``, every label present (zeros included)."""
+        counts = {}
+        for split, samples in self.splits.items():
+            n = np.bincount([i for _, i in samples], minlength=len(self.labels))
+            counts[split] = {label: int(c) for label, c in zip(self.labels, n, strict=True)}
+        return counts
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in TRAIN_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def _scan_classes(root: Path, labels: Sequence[str] | None = None) -> dict[str, list[Path]]:
+    folders = _class_folders(root)
+    if not folders:
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in TRAIN_SUFFIXES]
+        if loose:
+            raise TrainError(
+                f"{root} holds {len(loose)} images but no class folders; put each class's "
+                "images in its own sub-folder (DATA/<class>/*.jpg)"
+            )
+        raise TrainError(
+            f"{root} is empty: no class folders; give a folder of class sub-folders "
+            "(DATA/<class>/*.jpg) with jpg/png/bmp/webp images"
+        )
+    found = {}
+    for folder in folders:
+        if labels is not None and folder.name not in labels:
+            raise TrainError(
+                f"{folder} is a class that train/ does not have; rename it to one of "
+                f"{list(labels)} or add it to train/"
+            )
+        images = _images_in(folder)
+        if not images:
+            raise TrainError(
+                f"class folder {folder} has no images (jpg/png/bmp/webp); add images or remove the folder"
+            )
+        found[folder.name] = images
+    return found
+
+
+def _verify(paths: list[Path]) -> list[dict]:
+    """Decode every image once (threads: OpenCV releases the GIL); return the unreadable ones."""
+    from tqdm import tqdm
+
+    from edge_app.runtime import read_image
+
+    def check(path: Path) -> dict | None:
+        try:
+            read_image(path)
+        except ImageError as e:
+            return {"path": str(path), "error": str(e)}
+        return None
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(
+            tqdm(
+                pool.map(check, paths),
+                total=len(paths),
+                desc="checking images",
+                unit="img",
+                leave=False,
+                disable=len(paths) < 200,
+            )
+        )
+    return [r for r in results if r is not None]
+
+
+def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed: int = 42) -> Dataset:
+    """Find classes and images under ``data_dir``, drop unreadable images, and split.
+
+    Raises:
+        TrainError: an empty dataset, an empty class folder, a single class, a class left with
+            no readable images, or a class too small to split.
+
+    Example:
+        >>> ds = scan(Path("plants"), seed=1)
+        >>> ds.labels, len(ds.splits["test"])
+    """
+    data_dir = Path(data_dir).resolve()
+    layout = {s: data_dir / s for s in SPLITS if (data_dir / s).is_dir()}
+    if "train" in layout:
+        found = {"train": _scan_classes(layout["train"])}
+        labels = sorted(found["train"])
+        for split in ("val", "test"):
+            if split in layout:
+                found[split] = _scan_classes(layout[split], labels)
+    else:
+        if layout:
+            raise TrainError(
+                f"{data_dir} has {'/'.join(layout)}/ but no train/ folder; add train/ or use "
+                "one folder per class"
+            )
+        found = {"train": _scan_classes(data_dir)}
+        labels = sorted(found["train"])
+    if len(labels) < 2:
+        raise TrainError(
+            f"{data_dir} has a single class ({labels[0]!r}); a classifier needs at least two class folders"
+        )
+
+    every = [p for per_class in found.values() for images in per_class.values() for p in images]
+    skipped = _verify(every)
+    bad = {Path(s["path"]) for s in skipped}
+    for s in skipped:
+        log.warning("skipping %s", s["error"])
+    for split, per_class in found.items():
+        for label, images in per_class.items():
+            if all(p in bad for p in images):
+                raise TrainError(
+                    f"class folder {layout.get(split, data_dir) / label} has "
+                    f"no readable images ({len(images)} corrupt); replace them or remove the folder"
+                )
+
+    def samples(per_class: dict[str, list[Path]]) -> dict[int, list[str]]:
+        return {
+            labels.index(label): [str(p.relative_to(data_dir)) for p in images if p not in bad]
+            for label, images in per_class.items()
+        }
+
+    splits: dict[str, list[Sample]] = {}
+    source = {}
+    pool = samples(found["train"])
+    carve = [s for s in ("val", "test") if s not in found]
+    fractions = {"val": val_split, "test": test_split}
+    rng = np.random.default_rng(seed)
+    carved: dict[str, list[Sample]] = {s: [] for s in carve}
+    train: list[Sample] = []
+    for index in sorted(pool):
+        files = pool[index]
+        order = rng.permutation(len(files))
+        n_take = {s: max(1, round(len(files) * fractions[s])) for s in carve}
+        if len(files) - sum(n_take.values()) < 1:
+            raise TrainError(
+                f"class {labels[index]!r} has {len(files)} readable images: too few to carve "
+                f"{'/'.join(carve)} splits from it; add images (at least {sum(n_take.values()) + 1}) "
+                "or provide val/ and test/ folders"
+            )
+        start = 0
+        for s in carve:
+            carved[s] += [(files[i], index) for i in order[start : start + n_take[s]]]
+            start += n_take[s]
+        train += [(files[i], index) for i in order[start:]]
+    splits["train"] = sorted(train)
+    source["train"] = ("train/" if "train" in layout else "the class folders") + (
+        f", less the carved {' and '.join(carve)}" if carve else ""
+    )
+    for s in ("val", "test"):
+        if s in found:
+            splits[s] = sorted((f, i) for i, files in samples(found[s]).items() for f in files)
+            source[s] = f"{s}/"
+        else:
+            splits[s] = sorted(carved[s])
+            source[s] = (
+                f"carved from {'train/' if 'train' in layout else 'the class folders'} "
+                f"({fractions[s]:.0%} per class, seed {seed})"
+            )
+    return Dataset(data_dir, labels, splits, source, skipped)
+
+
+def load_split(run_dir: str | os.PathLike, split: str) -> list[tuple[Path, int]]:
+    """The images of one split of a trained run, as ``(absolute path, class index)`` pairs.
+
+    Reads ``RUN/config.json`` only (no TensorFlow), so the converter can find calibration and
+    held-out test images.
+
+    Example:
+        >>> test = load_split("runs/potato", "test")
+        >>> test[0]
+        (PosixPath('/data/potato/Potato___healthy/x.jpg'), 2)
+    """
+    config_path = Path(run_dir) / "config.json"
+    if split not in SPLITS:
+        raise TrainError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError as e:
+        raise TrainError(
+            f"{config_path}: no such file; is {run_dir} a run directory from 'edgecls train'?"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{config_path}: not readable JSON ({e}); train the run again") from e
+    data_dir = Path(config["data_dir"])
+    return [(data_dir / rel, int(index)) for rel, index in config["splits"][split]]
+
+
+# ----------------------------------------------------------------------------------------- tf.data
+
+
+def load_pixels(path: str, size: int) -> np.ndarray:
+    """One image as the device sees it: ``(size, size, 3)`` uint8 RGB, decoded and resized by edge_app."""
+    from edge_app.runtime import InputSpec, preprocess, read_image
+
+    spec = InputSpec(size, size, dtype=np.uint8)
+    return preprocess(read_image(path), spec)[0]
+
+
+def decoded_dataset(paths: Sequence[str], targets: np.ndarray, size: int, cache: str | None = None):
+    """Unbatched ``(uint8 pixels, class index)`` pairs: decoded+resized in parallel once, then cached.
+
+    Args:
+        cache: ``None`` for an in-memory cache, a file path for an on-disk cache (large datasets: only
+            the shuffle buffer and a few batches are then in memory), ``""`` for none.
+    """
+    import tensorflow as tf
+
+    def load(path):
+        return load_pixels(path.decode() if isinstance(path, bytes) else str(path), size)
+
+    def tf_load(path, target):
+        image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+        image.set_shape((size, size, 3))
+        return image, target
+
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), targets.astype(np.int64)))
+    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache is None:
+        return ds.cache()
+    return ds.cache(cache) if cache else ds
+
+
+def batched(decoded, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment=None):
+    """Shuffle → batch → float32 → augment (train only) → prefetch, over a :func:`decoded_dataset`.
+
+    Several batched views can share one decoded dataset (and so one cache): the frozen stage's
+    feature pass and the augmented training pass decode each image once between them.
+    """
+    import tensorflow as tf
+
+    ds = decoded
+    if shuffle:
+        ds = ds.shuffle(min(int(ds.cardinality()), 2048), seed=seed, reshuffle_each_iteration=True)
+
+    def to_float(x, y):
+        return tf.cast(x, tf.float32), y
+
+    def augmented(x, y):
+        return augment(x, training=True), y
+
+    ds = ds.batch(batch_size).map(to_float)
+    if augment is not None:
+        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def image_dataset(
+    paths: Sequence[str],
+    targets: np.ndarray,
+    size: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    cache: str | None = None,
+    augment=None,
+):
+    """A streaming ``tf.data`` pipeline of ``(float32 pixels 0–255, class index)`` batches.
+
+    decode+resize (parallel, by ``edge_app.runtime``) → cache → shuffle → batch → augment → prefetch.
+
+    Example:
+        >>> ds = image_dataset(["a.jpg", "b.png"], np.array([0, 1]), 96, batch_size=2)
+    """
+    return batched(
+        decoded_dataset(paths, targets, size, cache), batch_size, shuffle=shuffle, seed=seed, augment=augment
+    )
+
+
+def cache_spec(num_images: int, size: int, work_dir: Path, name: str) -> str | None:
+    """In-memory cache for small datasets, a file under ``work_dir`` beyond 1 GiB of pixels."""
+    if num_images * size * size * 3 <= MEMORY_CACHE_LIMIT_BYTES:
+        return None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return str(work_dir / f"{name}.tfcache")
+
+
+def make_augmenter(seed: int):
+    """Random flip, rotation, zoom, translation and contrast, as Keras preprocessing layers.
+
+    Applied in the tf.data pipeline (never in the saved model); inputs and outputs are 0–255.
+    """
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
+            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 4),
+        ],
+        name="augment",
+    )

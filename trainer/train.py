@@ -1,0 +1,392 @@
+"""``run(config) -> Path``: scan, train in one or two stages, evaluate, and publish the run directory.
+
+Pretrained weights (``imagenet`` or a file) train in two stages: the head on a frozen backbone,
+then the top of the backbone with a lower learning rate (batch-norm stays in inference mode
+throughout). While the backbone is frozen its output for an image never changes, so unless
+augmentation needs fresh passes the backbone runs once over train and val and the head trains on
+those cached features (the classic TF "retrain" bottleneck cache): an epoch then costs
+milliseconds instead of a full forward pass. From scratch (``--weights none``) is one stage with
+every layer training and a batch-norm momentum suited to short runs.
+
+Everything is written into a temporary folder beside ``--out`` and renamed into place at the end;
+Ctrl-C (or SIGTERM) stops training, evaluates the best model so far, publishes it and re-raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from trainer.callbacks import TrainingCallbacks
+from trainer.config import TrainConfig, TrainError
+from trainer.datasets import Dataset, batched, cache_spec, decoded_dataset, make_augmenter, scan
+
+log = logging.getLogger("edgecls")
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def run(config: TrainConfig) -> Path:
+    """Train one model as ``config`` says and write the run directory; return its path.
+
+    Raises:
+        TrainError: bad data, settings, weights or output folder (exit code 2 on the CLI).
+        KeyboardInterrupt: after Ctrl-C/SIGTERM, once the best model so far is published.
+
+    Example:
+        >>> from trainer.config import TrainConfig
+        >>> run_dir = run(TrainConfig("data/potato", "runs/potato", weights="none", epochs=3))
+        >>> (run_dir / "metrics.json").exists()
+        True
+    """
+    dataset = scan(config.data_dir, config.val_split, config.test_split, config.seed)
+    _log_dataset(dataset)
+    work = config.out.parent / f".{config.out.name}.partial"
+    if work.exists():
+        shutil.rmtree(work)  # left by a run that was killed hard; ours, by its name
+    work.mkdir(parents=True)
+    interrupted: BaseException | None = None
+    try:
+        with _disk_errors(config.out):
+            interrupted = _train_and_report(config, dataset, work)
+            _publish(work, config.out, config.overwrite)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if interrupted is not None:
+        log.warning("training was interrupted; %s holds the best model so far", config.out)
+        raise interrupted
+    return config.out
+
+
+def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> BaseException | None:
+    import keras
+    import tensorflow as tf
+
+    from trainer import report
+    from trainer.backbones import build_classifier
+
+    keras.utils.set_random_seed(config.seed)
+    if not tf.config.list_physical_devices("GPU"):
+        # Same seed, same data -> same metrics on CPU. On a GPU some kernels have no deterministic
+        # version (TF would raise), so there only the split and initialization are reproducible.
+        tf.config.experimental.enable_op_determinism()
+    scratch = work / ".scratch"
+    scratch.mkdir()
+    model, backbone = build_classifier(config, len(dataset.labels))
+    # A bad --fine-tune-at must fail now, not after the frozen stage has run for an hour.
+    fine_tune_from = _fine_tune_from(backbone, config) if config.pretrained and config.fine_tune_epochs else 0
+    size = int(config.image_size)
+    y = {s: dataset.targets(s) for s in ("train", "val", "test")}
+
+    def decoded(split: str):
+        return decoded_dataset(
+            dataset.paths(split), y[split], size, cache_spec(len(y[split]), size, scratch, split)
+        )
+
+    train = decoded("train")
+    train_plain = batched(train, config.batch_size)
+    train_fit = batched(
+        train,
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=make_augmenter(config.seed) if config.augment else None,
+    )
+    val = batched(decoded("val"), config.batch_size)
+    class_weight = _class_weights(y["train"], len(dataset.labels)) if config.class_weights == "auto" else None
+    best_path = scratch / "best.weights.h5"
+    callbacks = TrainingCallbacks(config, model, best_path, work / "history.csv")
+    interrupted = None
+    # Live progress bars on a terminal; one line per epoch in logs and CI (verbose=2).
+    verbose = 0 if log.getEffectiveLevel() > logging.INFO else 1 if sys.stderr.isatty() else 2
+    # Keras prints progress bars on stdout; ours is for results, so they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            timing = _fit_stages(
+                config,
+                model,
+                backbone,
+                fine_tune_from,
+                train_plain,
+                train_fit,
+                val,
+                y,
+                class_weight,
+                callbacks,
+                verbose,
+            )
+        except KeyboardInterrupt as e:
+            print(file=sys.stderr)  # end the progress bar's line
+            if not best_path.exists():
+                raise
+            log.warning("interrupted: stopping training and keeping the best model so far")
+            interrupted = e
+            timing = {}
+        except BaseException:
+            print(file=sys.stderr)
+            raise
+    if best_path.exists():
+        # The best epoch over both stages, not just the last stage's restore.
+        try:
+            with warnings.catch_warnings():
+                # The checkpoint may predate this stage's optimizer; only layer weights matter here.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                model.load_weights(best_path)
+        except Exception as e:  # a Ctrl-C in the middle of writing it
+            log.warning("the best checkpoint is unreadable (%s); keeping the weights of the last epoch", e)
+    log.info("evaluating on %d validation and %d test images", len(y["val"]), len(y["test"]))
+    probs = {
+        s: model.predict(ds, verbose=0)
+        for s, ds in (("val", val), ("test", batched(decoded("test"), config.batch_size)))
+    }
+    metrics = report.metrics(y["test"], probs["test"], dataset.labels)
+    metrics["validation"] = report.chance_check(y["val"], probs["val"], dataset.labels)
+    if not metrics["validation"]["learned"]:
+        v = metrics["validation"]
+        log.warning(
+            "%s\nWARNING: THE MODEL DID NOT LEARN. Validation accuracy %.1f%% is no better than always "
+            "answering %r (%.1f%%).\n%s",
+            "!" * 78,
+            100 * v["accuracy"],
+            v["majority_label"],
+            100 * v["chance_accuracy"],
+            "!" * 78,
+        )
+    metrics["timing"] = timing
+    metrics["epochs_trained"] = callbacks.epochs_done
+    metrics["best_epoch"] = callbacks.best_epoch()
+    metrics["interrupted"] = interrupted is not None
+    _save_inference_model(model, work / "model.keras")
+    report.write_run(work, config, dataset, metrics, model, probs["test"])
+    shutil.rmtree(scratch, ignore_errors=True)
+    return interrupted
+
+
+def _fit_stages(
+    config, model, backbone, fine_tune_from, train_plain, train_fit, val, y, class_weight, callbacks, verbose
+) -> dict:
+    """Run the frozen and fine-tuning stages (pretrained) or the single from-scratch stage."""
+    timing: dict = {}
+    fit = dict(validation_data=val, class_weight=class_weight, shuffle=False, verbose=verbose)
+    if not config.pretrained:
+        _compile(model, config.learning_rate)
+        model.fit(train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("scratch"), **fit)
+        return {"scratch_epoch_s": callbacks.median_epoch_s("scratch")}
+    if config.epochs:
+        backbone.trainable = False
+        if _use_feature_cache(config):
+            timing |= _fit_head_on_features(
+                model, train_plain, val, y, config, class_weight, callbacks, verbose
+            )
+        else:
+            _compile(model, config.learning_rate)
+            model.fit(train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("frozen"), **fit)
+            timing["feature_cache"] = False
+        timing["frozen_epoch_s"] = callbacks.median_epoch_s("frozen")
+    if config.fine_tune_epochs:
+        first = fine_tune_from
+        _unfreeze(backbone, first)
+        log.info(
+            "fine-tuning %s from layer %d (%s) at learning rate %g",
+            config.backbone,
+            first,
+            backbone.layers[first].name,
+            config.fine_tune_learning_rate,
+        )
+        _compile(model, config.fine_tune_learning_rate)
+        done = callbacks.epochs_done
+        model.fit(
+            train_fit,
+            initial_epoch=done,
+            epochs=done + config.fine_tune_epochs,
+            callbacks=callbacks.for_stage("fine_tune"),
+            **fit,
+        )
+        timing["fine_tune_epoch_s"] = callbacks.median_epoch_s("fine_tune")
+    return timing
+
+
+def _save_inference_model(model, path: Path) -> None:
+    """Save without optimizer state: a third of the size, and what the converter wants."""
+    import keras
+
+    inference = keras.models.clone_model(model)
+    inference.set_weights(model.get_weights())
+    inference.save(path)
+
+
+def _use_feature_cache(config: TrainConfig) -> bool:
+    if config.feature_cache != "auto":
+        return config.feature_cache == "on"
+    # Augmentation is applied while fine-tuning; a run without fine-tuning that asked for it gets
+    # fresh (augmented) backbone passes in the frozen stage instead of cached features.
+    return not (config.augment and config.fine_tune_epochs == 0)
+
+
+def _fit_head_on_features(model, train_plain, val, y, config, class_weight, callbacks, verbose) -> dict:
+    import keras
+
+    features = keras.Model(model.input, model.get_layer("dropout").input)
+    start = time.perf_counter()
+    log.info(
+        "frozen backbone: computing its features once for %d train + %d val images",
+        len(y["train"]),
+        len(y["val"]),
+    )
+    f_train = features.predict(train_plain, verbose=verbose)
+    f_val = features.predict(val, verbose=0)
+    extract_s = time.perf_counter() - start
+    head_in = keras.Input(f_train.shape[1:], name="features")
+    head = keras.Model(
+        head_in, model.get_layer("predictions")(model.get_layer("dropout")(head_in)), name="head"
+    )
+    _compile(head, config.learning_rate)
+    head.fit(
+        f_train,
+        y["train"],
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        validation_data=(f_val, y["val"]),
+        class_weight=class_weight,
+        callbacks=callbacks.for_stage("frozen"),
+        verbose=verbose,
+    )
+    epoch_s = callbacks.median_epoch_s("frozen")
+    log.info(
+        "head trained on cached features: %.2f s/epoch after one %.1f s backbone pass over train+val",
+        epoch_s,
+        extract_s,
+    )
+    return {"feature_extraction_s": round(extract_s, 3), "feature_cache": True}
+
+
+def _fine_tune_from(backbone, config: TrainConfig) -> int:
+    """The index of the first backbone layer ``--fine-tune-at`` names (a layer name or an index)."""
+    from trainer.backbones import get_backbone
+
+    names = [layer.name for layer in backbone.layers]
+    at = (
+        config.fine_tune_at if config.fine_tune_at is not None else get_backbone(config.backbone).fine_tune_at
+    )
+    example = next((n for n in names[len(names) * 2 // 3 :] if "expand" in n or "conv" in n), names[-1])
+    if at is None:
+        return 0
+    if at.lstrip("-").isdigit():
+        if not -len(names) <= int(at) < len(names):
+            raise TrainError(
+                f"--fine-tune-at {at}: {config.backbone} has {len(names)} layers; give an index "
+                f"below {len(names)} or a layer name such as {example!r}"
+            )
+        return int(at) % len(names)
+    if at not in names:
+        raise TrainError(
+            f"--fine-tune-at {at!r} is not a layer of {config.backbone}; give an index "
+            f"(0-{len(names) - 1}) or a layer name such as {example!r}"
+        )
+    return names.index(at)
+
+
+def _unfreeze(backbone, first: int) -> None:
+    import keras
+
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        # Batch-norm stays frozen: a few thousand images would wreck the ImageNet statistics.
+        layer.trainable = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _compile(model, learning_rate: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights (sklearn's "balanced"), so a 10:1 class counts as much as the rest."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=targets)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _log_dataset(dataset: Dataset) -> None:
+    counts = dataset.class_counts()
+    total = {label: sum(counts[s][label] for s in counts) for label in dataset.labels}
+    log.info(
+        "%d classes, %d images (train %d, val %d, test %d)%s",
+        len(dataset.labels),
+        sum(total.values()),
+        *(len(dataset.splits[s]) for s in ("train", "val", "test")),
+        f"; skipped {len(dataset.skipped)} unreadable" if dataset.skipped else "",
+    )
+    for label in dataset.labels:
+        log.info(
+            "  %-30s %6d  (train %d, val %d, test %d)",
+            label,
+            total[label],
+            *(counts[s][label] for s in ("train", "val", "test")),
+        )
+    most, least = max(total.values()), min(total.values())
+    if most >= 3 * least:
+        log.info(
+            "classes are imbalanced (%d:%d); --class-weights auto weighs them inversely to their counts",
+            most,
+            least,
+        )
+
+
+def _publish(work: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished run into place; an existing run (``--overwrite``) goes only once the new one is in."""
+    if out.exists():
+        if not overwrite:
+            raise TrainError(f"{out} appeared while training; the run is left unpublished. Use --overwrite")
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        work.rename(out)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        work.rename(out)
+    # Temp files are created 0600; a run directory is shared like any other output (umask applies).
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out, *out.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
+def _disk_errors(out: Path):
+    try:
+        yield
+    except Exception as e:
+        cause: BaseException | None = e
+        while cause is not None:
+            if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+                reason = {
+                    errno.ENOSPC: "no space left on the device",
+                    errno.EDQUOT: "disk quota exceeded",
+                    errno.EFBIG: "file too large for this filesystem or file-size limit",
+                }[cause.errno]
+                raise TrainError(
+                    f"could not write the run for {out}: {reason} (disk full); free some disk "
+                    "space or choose an --out on another disk; nothing was published"
+                ) from e
+            cause = cause.__cause__ or cause.__context__
+        raise
