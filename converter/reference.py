@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edge_app.errors import ModelError
+from edge_app.runtime.interpreter import native_stderr_to_log
 
 log = logging.getLogger("edgecls")
 
@@ -27,30 +26,6 @@ def quiet_tensorflow():
     import tensorflow as tf
 
     return tf
-
-
-@contextlib.contextmanager
-def native_stderr_to_log():
-    """Send what C++ code writes to stderr (TensorFlow, MLIR) to the DEBUG log instead of the console."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode("utf-8", "replace").splitlines():
-                if line.strip():
-                    log.debug("%s", line)
 
 
 class ReferenceModel:

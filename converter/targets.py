@@ -79,7 +79,8 @@ def convert(reference, target: Target, io: str = "uint8", calibration=None) -> b
     Example:
         >>> data = convert(ref, TARGETS["int8"], io="uint8", calibration=representative_dataset(pixels))
     """
-    from converter.reference import native_stderr_to_log, quiet_tensorflow
+    from converter.reference import quiet_tensorflow
+    from edge_app.runtime.interpreter import native_stderr_to_log
 
     tf = quiet_tensorflow()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([reference.concrete_function()], reference.trackable)

@@ -141,7 +141,8 @@ def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num
                          f"Run it with --device edgetpu on a machine with a Coral: {INSTALL_EDGETPU}")
     threads = num_threads or default_num_threads()
     try:
-        with _quiet_native_stderr():
+        # Hide "INFO: Created TensorFlow Lite XNNPACK delegate"; real native errors still show.
+        with native_stderr_to_log(show=lambda line: bool(line.strip()) and not line.startswith("INFO: ")):
             interpreter = runtime.interpreter_class(
                 model_path=str(path), experimental_delegates=delegates or None, num_threads=threads)
             interpreter.allocate_tensors()
@@ -154,8 +155,12 @@ def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
-    """Drop the runtime's native 'INFO: Created TensorFlow Lite XNNPACK delegate' line; pass the rest on."""
+def native_stderr_to_log(show: Callable[[str], bool] = lambda line: False):
+    """Send what native code writes to stderr (LiteRT, TensorFlow, MLIR) to the DEBUG log.
+
+    Lines for which ``show(line)`` is true still reach the console. Python's own stderr is
+    unaffected outside the block.
+    """
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
@@ -168,11 +173,12 @@ def _quiet_native_stderr():
         try:
             yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, fd)
             os.close(saved)
             capture.seek(0)
             for line in capture.read().decode("utf-8", "replace").splitlines():
-                if line.startswith("INFO: "):
-                    log.debug("%s", line)
-                elif line.strip():
+                if show(line):
                     print(line, file=sys.stderr)
+                elif line.strip():
+                    log.debug("%s", line)
