@@ -6,6 +6,10 @@ both stages (the frozen head stage may fit a head-only model; the checkpoint sti
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +20,41 @@ if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
 MONITOR = "val_loss"
+log = logging.getLogger("edgecls")
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM during training: stop at the next batch boundary, then keep the best model.
+
+    A KeyboardInterrupt raised at an arbitrary point inside ``model.fit`` can land while TensorFlow
+    is mid-call and corrupt its state (seen here: "free(): invalid next size", SIGABRT, about one
+    interrupt in ten). So the first signal only sets :attr:`exception`; a callback stops Keras
+    after the current batch. A second signal raises at once, for a user who means it.
+    """
+
+    def __init__(self):
+        self.exception: BaseException | None = None
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        from edge_app.errors import Interrupted
+
+        def handle(signum, frame):
+            if self.exception is not None:
+                raise self.exception
+            self.exception = Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
+            log.warning("\nstopping after this batch and keeping the best model so far "
+                        "(press Ctrl-C again to quit at once)")
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 class TrainingCallbacks:
@@ -53,6 +92,16 @@ class TrainingCallbacks:
                     epoch, {**(logs or {}), "stage": last["stage"], "epoch_s": last["epoch_s"]}
                 )
 
+        stop = self.stop = StopRequest()
+
+        class StopOnRequest(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if stop.exception is not None:
+                    self.model.stop_training = True
+
+            on_train_begin = on_epoch_begin = on_epoch_end = lambda self, *_, **__: self.on_train_batch_end(0)
+
+        self.stop_on_request = StopOnRequest()
         self.stage = ""
         self.history: list[dict] = []
         # Weights only: a full .keras save costs seconds per epoch, more than a head epoch on cached features.
@@ -78,6 +127,7 @@ class TrainingCallbacks:
             self.checkpoint,
             self.stage_log,
             self.csv,
+            self.stop_on_request,
         ]
 
     @property

@@ -109,7 +109,7 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
     # Live progress bars on a terminal; one line per epoch in logs and CI (verbose=2).
     verbose = 0 if log.getEffectiveLevel() > logging.INFO else 1 if sys.stderr.isatty() else 2
     # Keras prints progress bars on stdout; ours is for results, so they go to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), callbacks.stop.installed():
         try:
             timing = _fit_stages(
                 config,
@@ -134,6 +134,10 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
         except BaseException:
             print(file=sys.stderr)
             raise
+        if callbacks.stop.exception is not None:  # stopped at a batch boundary by Ctrl-C/SIGTERM
+            if not best_path.exists():
+                raise callbacks.stop.exception
+            interrupted = callbacks.stop.exception
     if best_path.exists():
         # The best epoch over both stages, not just the last stage's restore.
         try:
@@ -192,7 +196,7 @@ def _fit_stages(
             model.fit(train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("frozen"), **fit)
             timing["feature_cache"] = False
         timing["frozen_epoch_s"] = callbacks.median_epoch_s("frozen")
-    if config.fine_tune_epochs:
+    if config.fine_tune_epochs and callbacks.stop.exception is None:
         first = fine_tune_from
         _unfreeze(backbone, first)
         log.info(

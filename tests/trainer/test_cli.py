@@ -200,7 +200,8 @@ def test_out_of_disk_during_save_publishes_nothing(tmp_path, dataset):
 
 
 @pytest.mark.slow
-def test_interrupt_keeps_the_best_model_so_far(tmp_path, dataset):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_keeps_the_best_model_so_far(tmp_path, dataset, signum, code):
     args = [
         sys.executable,
         "-m",
@@ -234,11 +235,11 @@ def test_interrupt_keeps_the_best_model_so_far(tmp_path, dataset):
     for line in proc.stderr:
         stderr.append(line)
         if "Epoch 3/500" in line:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             break
     out, rest = proc.communicate(timeout=180)
     stderr = "".join(stderr) + rest
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "keeping the best model so far" in stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["interrupted"] is True and 2 <= metrics["epochs_trained"] < 500
