@@ -15,6 +15,7 @@ import numpy as np
 
 from edge_app.errors import EdgeclsError, LabelsError, ModelError
 from edge_app.runtime import list_images, read_labels
+from trainer.datasets import split_items
 
 log = logging.getLogger("edgecls")
 
@@ -111,16 +112,6 @@ def read_run_config(run_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise ModelError(f"{path} is not a JSON object; re-run edgecls train")
     return config
-
-
-def split_items(run_dir: Path, run_config: dict, split: str) -> Items:
-    """Absolute image paths and class indices of one split recorded in ``config.json``."""
-    data_dir = Path(run_config.get("data_dir", run_dir))
-    items = []
-    for entry in run_config.get("splits", {}).get(split, []):
-        rel, index = entry[0], int(entry[1])
-        items.append((data_dir / rel, index))
-    return items
 
 
 def _held_out(run_dir: Path, run_config: dict) -> tuple[Items, str]:

@@ -245,8 +245,16 @@ def load_split(run_dir: str | os.PathLike, split: str) -> list[tuple[Path, int]]
         ) from e
     except (OSError, ValueError) as e:
         raise TrainError(f"{config_path}: not readable JSON ({e}); train the run again") from e
-    data_dir = Path(config["data_dir"])
-    return [(data_dir / rel, int(index)) for rel, index in config["splits"][split]]
+    return split_items(run_dir, config, split)
+
+
+def split_items(run_dir: str | os.PathLike, run_config: dict, split: str) -> list[tuple[Path, int]]:
+    """One split of an already-read ``config.json`` as ``(absolute path, class index)`` pairs; ``[]`` if absent.
+
+    The one reader of the ``splits`` format: ``[relative_path, class_index]`` under ``data_dir``.
+    """
+    data_dir = Path(run_config.get("data_dir", run_dir))
+    return [(data_dir / rel, int(index)) for rel, index in run_config.get("splits", {}).get(split, [])]
 
 
 # ----------------------------------------------------------------------------------------- tf.data
