@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.errors import ImageError, ModelError
+from edge_app.runtime.quant import quantize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -189,9 +190,8 @@ def preprocess(image: np.ndarray, spec: InputSpec, out: np.ndarray | None = None
         # pixel - 128 as int8 is the pixel's top bit flipped: one pass, no float temporaries.
         np.bitwise_xor(resized, 0x80, out=out[0].view(np.uint8))
     elif spec.quantized:
-        info = np.iinfo(spec.dtype)
-        values = np.round(resized.astype(np.float32) * a + b)
-        out[0] = np.clip(values, info.min, info.max)
+        # a and b already hold the input's scale and zero point, so this is quantize() at scale 1.
+        quantize(resized.astype(np.float32) * a + b, 1.0, 0, spec.dtype, out=out[0])
     else:
         np.multiply(resized, a, out=out[0], casting="unsafe")
         out[0] += b
