@@ -1,6 +1,5 @@
 import sys
 
-from edge_app.cli import main
-from edgecls.cli import COMMANDS
+from edgecls.cli import COMMANDS, main
 
-sys.exit(main({"bench": COMMANDS["bench"]}, prog="python -m benchmarks"))
+sys.exit(main(commands={"bench": COMMANDS["bench"]}, prog="python -m benchmarks"))

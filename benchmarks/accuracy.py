@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.config import BenchError
-from edge_app.errors import ImageError
-from edge_app.runtime import ImageClassifier, list_images, read_image
+from edge_app.runtime import ImageClassifier, list_images
+from edge_app.runtime.errors import ImageError
 
 log = logging.getLogger("edgecls")
 
@@ -97,14 +97,14 @@ def evaluate(clf: ImageClassifier, data: str | Path, max_per_class: int | None =
     hits1, hits5, truth, unreadable = [], [], [], []
     for path, index in _progress(pairs, progress, f"accuracy {clf.path.name}"):
         try:
-            image = read_image(path)
+            image = clf.read_image(path)
         except ImageError as e:
             log.warning("%s", e)
             unreadable.append(str(path))
             continue
         clf.set_input(image)
         clf.invoke()
-        best = [c.index for c in clf.top(clf.scores(), k=5)]
+        best = [c.index for c in clf.top(clf.scores(), top_k=5)]
         hits1.append(best[:1] == [index])
         hits5.append(index in best)
         truth.append(index)

@@ -12,20 +12,20 @@ from pathlib import Path
 
 from benchmarks import report as reports
 from benchmarks.config import BenchConfig, BenchError
-from edge_app.errors import CheckFailed, EdgeclsError
 from edge_app.runtime import default_num_threads, load_runtime, read_artifact, resolve_model
+from edge_app.runtime.errors import CheckFailed, EdgeclsError
 
 log = logging.getLogger("edgecls")
 
 
 def bench_device_facts(device: str = "cpu") -> dict:
-    """:func:`edge_app.device.device_facts` plus what a benchmark adds: runtime, delegate, CPU clock, load, nice.
+    """:func:`edge_app.runtime.device.device_facts` plus what a benchmark adds: runtime, delegate, CPU clock, load, nice.
 
     Example:
         >>> bench_device_facts()["runtime"]
         'ai-edge-litert'
     """
-    from edge_app.device import device_facts
+    from edge_app.runtime.device import device_facts
 
     facts = device_facts()
     runtime = load_runtime()
@@ -72,9 +72,9 @@ def check_models(models: tuple[str, ...], device: str) -> list[Path]:
 def check_pipeline_app() -> None:
     """Fail before timing anything when the live app that ``--pipeline`` times cannot be imported."""
     try:
-        from edge_app.app import AppConfig, run  # noqa: F401
+        from edge_app.live.app import AppConfig, run  # noqa: F401
     except ImportError as e:
-        raise BenchError(f"--pipeline times the live app (edge_app.app: AppConfig, run), which does not import "
+        raise BenchError(f"--pipeline times the live app (edge_app.live.app: AppConfig, run), which does not import "
                          f"here: {e}. Reinstall edgecls (pip install -e .), or bench without --pipeline") from e
 
 
@@ -153,7 +153,7 @@ def run(config: BenchConfig) -> dict:
                 pipelines.append(run_worker({"kind": "pipeline", "model": str(path), "source": config.pipeline,
                                              "threads": n, "max_frames": config.pipeline_frames,
                                              "invoke_fps": row["fps"], **common}, config.isolate))
-    from edge_app.device import cpu_temperature_c, throttled
+    from edge_app.runtime.device import cpu_temperature_c, throttled
 
     device["cpu_temperature_c_end"], device["throttled_end"] = cpu_temperature_c(), throttled()
     report = {"device": device, "config": _config_dict(config, threads), "results": results}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_app.runtime.flags import add_normalization
+
 EPILOG = """examples:
   edgecls bench ../shared/models/mobilenet_v2_1.0_224_quant.tflite --threads 1,2
   edgecls bench runs/potato/model_int8.tflite runs/potato/model_fp32.tflite --data val/ --md bench.md --plot bench.png
@@ -14,13 +16,6 @@ EPILOG = """examples:
 Each model and thread count is measured in a fresh process (peak RSS is that model's own). Latency is
 set_tensor + invoke after --warmup untimed invokes; the first invoke is reported on its own (first_ms).
 """
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number or three comma-separated numbers, got {text!r}") from e
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-per-class", type=int, default=None, metavar="N",
                         help="at most N images per class folder for --data")
     parser.add_argument("--labels", metavar="FILE", help="label file (default: embedded, or labels.txt beside it)")
-    parser.add_argument("--mean", type=_floats, default=None, help="input mean for float models without metadata")
-    parser.add_argument("--std", type=_floats, default=None, help="input std for float models without metadata")
+    add_normalization(parser)
     parser.add_argument("--pipeline", metavar="SOURCE",
                         help="video file, camera index or URL: time the real 'edgecls run' loop on it")
     parser.add_argument("--pipeline-frames", type=int, default=200, metavar="N", help="frames to time with --pipeline")

@@ -6,11 +6,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.errors import EdgeclsError
-
-
-class BenchError(EdgeclsError):
-    """A benchmark that cannot run as asked (bad flag value, missing folder, a worker that died)."""
+from edge_app.runtime.errors import BenchError, check_normalization, check_threads
+from edge_app.runtime.files import check_writable
 
 
 def parse_threads(text: str | int | tuple | list | None) -> tuple[int, ...] | None:
@@ -29,8 +26,7 @@ def parse_threads(text: str | int | tuple | list | None) -> tuple[int, ...] | No
             value = int(str(item).strip())
         except ValueError as e:
             raise BenchError(f"--threads takes whole numbers separated by commas, like 1,2,4; got {text!r}") from e
-        if value < 1:
-            raise BenchError(f"--threads must be 1 or more, got {value}; e.g. --threads 1,2")
+        check_threads(value, error=BenchError)
         threads.append(value)
     if not threads:
         raise BenchError(f"--threads got no values ({text!r}); e.g. --threads 1,2")
@@ -97,6 +93,7 @@ class BenchConfig:
             raise BenchError(f"--warmup must be 0 or more, got {self.warmup}")
         if self.duration is not None and self.duration <= 0:
             raise BenchError(f"--duration must be more than 0 seconds, got {self.duration}")
+        check_normalization(self.mean, self.std, BenchError)
         if self.max_per_class is not None and self.max_per_class < 1:
             raise BenchError(f"--max-per-class must be 1 or more, got {self.max_per_class}")
         if self.pipeline_frames < 1:
@@ -116,3 +113,5 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and Path(value).is_dir():
                 raise BenchError(f"--{name} {value} is a folder; give a file name, e.g. --{name} bench.{name}")
+            if value is not None:
+                check_writable(value, f"--{name}")  # before the benchmark, not after it

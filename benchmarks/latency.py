@@ -1,8 +1,7 @@
-"""The timing loop: load, first invoke, warm-up, then timed ``set_tensor`` + ``invoke``; and the figures from it.
+"""One benchmark row: load a model, time it with the runtime's one timer, and describe it.
 
-Nothing here imports more than numpy and the runtime, and nothing runs between the two clock
-reads but the two interpreter calls, so ``edgecls bench`` reports what a bare interpreter loop
-would (``benchmarks/raw_loop.py`` checks that).
+The timing itself is :mod:`edge_app.runtime.timing`, the same code ``edgecls convert``'s latency
+check runs, so the same file, threads and runs give the same p50 in both.
 """
 
 from __future__ import annotations
@@ -16,66 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.runtime import ImageClassifier, ModelArtifact, load_runtime, read_artifact
-
-QUANTS = ("fp32", "fp16", "dynamic", "int8", "uint8")
-
-
-def latency_stats(samples_ms) -> dict:
-    """Mean, min, p50, p90, p99, max and standard deviation of latencies in milliseconds.
-
-    Percentiles interpolate linearly between samples (numpy's default), so with few runs
-    ``p99`` lies between the two slowest samples.
-
-    Example:
-        >>> latency_stats([2.0, 1.0, 3.0])["p50"]
-        2.0
-    """
-    values = np.asarray(samples_ms, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no latency samples")
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    return {"mean": float(values.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "min": float(values.min()), "max": float(values.max()), "std": float(values.std())}
-
-
-def time_invokes(interpreter, input_index: int, tensor: np.ndarray, runs: int = 100, warmup: int = 10,
-                 duration: float | None = None) -> tuple[float, list[float]]:
-    """Time ``set_tensor`` + ``invoke``: returns ``(first_invoke_ms, samples_ms)``.
-
-    The first invoke (XNNPACK packs weights, caches warm) is timed on its own and is not part of
-    the samples; ``warmup`` more untimed invokes follow; then ``runs`` timed ones, or as many as
-    fit in ``duration`` seconds.
-
-    Example:
-        >>> first_ms, samples = time_invokes(clf.interpreter, clf.input_detail["index"], buffer, runs=50)
-    """
-    set_tensor, invoke, clock = interpreter.set_tensor, interpreter.invoke, time.perf_counter_ns
-    start = clock()
-    set_tensor(input_index, tensor)
-    invoke()
-    first_ms = (clock() - start) / 1e6
-    for _ in range(warmup):
-        set_tensor(input_index, tensor)
-        invoke()
-    ticks = []
-    append = ticks.append
-    if duration is None:
-        for _ in range(runs):
-            start = clock()
-            set_tensor(input_index, tensor)
-            invoke()
-            append(clock() - start)
-    else:
-        deadline = clock() + int(duration * 1e9)
-        while True:
-            start = clock()
-            set_tensor(input_index, tensor)
-            invoke()
-            end = clock()
-            append(end - start)
-            if end >= deadline:
-                break
-    return first_ms, [t / 1e6 for t in ticks]
+from edge_app.runtime.rundir import QUANTS
+from edge_app.runtime.timing import latency_stats, time_invokes
 
 
 def peak_rss_mb() -> float:
@@ -106,22 +47,20 @@ def _proc_status_kb(key: str) -> int | None:
 
 
 def infer_quant(artifact: ModelArtifact, interpreter=None) -> str:
-    """The model's quantization: its metadata's ``quant``, else its file name, else its tensor types.
+    """The model's quantization: the ``quant`` the converter embedded, else what its tensor types say.
 
-    Tensor types: integer input → ``int8`` (with int8 tensors inside; uint8 I/O costs little) or
-    ``uint8`` (legacy per-tensor uint8 throughout, like Coral's models); float input with float16
-    tensors → ``fp16``; with int8 weights → ``dynamic``; else ``fp32``.
+    The file name is not consulted: a renamed file keeps its quantization. Tensor types: integer
+    input → ``int8`` (with int8 tensors inside; uint8 I/O costs little) or ``uint8`` (legacy
+    per-tensor uint8 throughout, like Coral's models); float input with float16 tensors → ``fp16``;
+    with int8 weights → ``dynamic``; else ``fp32``.
 
     Example:
         >>> infer_quant(read_artifact("mobilenet_v2_1.0_224_quant.tflite"), interpreter)
         'uint8'
     """
     quant = artifact.metadata.get("quant")
-    if quant:
+    if quant in QUANTS:
         return str(quant)
-    for token in reversed(Path(artifact.path).stem.lower().replace("-", "_").split("_")):
-        if token in QUANTS:
-            return token
     if interpreter is None:
         return "unknown"
     input_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"])
@@ -138,18 +77,6 @@ def infer_quant(artifact: ModelArtifact, interpreter=None) -> str:
     if np.dtype(np.int8) in dtypes:
         return "dynamic"
     return "fp32"
-
-
-def timing_input(clf: ImageClassifier, seed: int = 0) -> np.ndarray:
-    """A fixed pseudo-random input tensor of the model's shape and type (CPU latency does not depend on pixels)."""
-    rng = np.random.default_rng(seed)
-    buffer = clf.spec.new_buffer()
-    if np.issubdtype(buffer.dtype, np.integer):
-        info = np.iinfo(buffer.dtype)
-        buffer[...] = rng.integers(info.min, info.max, size=buffer.shape, endpoint=True, dtype=buffer.dtype)
-    else:
-        buffer[...] = rng.uniform(-1.0, 1.0, size=buffer.shape)
-    return buffer
 
 
 def measure_latency(model: str | Path, threads: int, runs: int = 100, warmup: int = 10,
@@ -172,8 +99,7 @@ def measure_latency(model: str | Path, threads: int, runs: int = 100, warmup: in
     clf = ImageClassifier(model, labels=labels, device=device, num_threads=threads, mean=mean, std=std)
     load_ms = (time.perf_counter_ns() - start) / 1e6
     artifact = read_artifact(clf.path)
-    tensor = timing_input(clf)
-    first_ms, samples = time_invokes(clf.interpreter, clf.input_detail["index"], tensor, runs, warmup, duration)
+    first_ms, samples = time_invokes(clf, runs, warmup, duration)
     peak = peak_rss_mb()
     stats = latency_stats(samples)
     row = {

@@ -5,10 +5,10 @@ Three rates for one model and thread count, so the overhead of the live loop is 
 - ``invoke_fps``: bare ``set_tensor`` + ``invoke`` on a fixed tensor (the latency loop): the ceiling.
 - ``sequential_fps``: a plain decode → pre-process → invoke → post-process loop over the same
   source, with the product's own ``ImageClassifier`` (no second copy of the pre-processing).
-- ``app_fps``: ``edge_app.app.run`` itself, headless, as ``edgecls run`` runs it.
+- ``app_fps``: ``edge_app.live.app.run`` itself, headless, as ``edgecls run`` runs it.
 
 On a Pi the camera's ISP scales frames, so there the bare invoke rate is the honest ceiling; on a
-2-core host decoding shares the cores with the interpreter (PERFORMANCE.md).
+2-core host decoding shares the cores with the interpreter (the README's pipeline section).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from edge_app.errors import SourceError
 from edge_app.runtime import ImageClassifier
+from edge_app.runtime.errors import SourceError
 
 log = logging.getLogger("edgecls")
 
@@ -80,7 +80,7 @@ def sequential_loop(clf: ImageClassifier, source: str, max_frames: int, top_k: i
             t2 = clock()
             clf.invoke()
             t3 = clock()
-            clf.top(clf.scores(), k=top_k)
+            clf.top(clf.scores(), top_k)
             t4 = clock()
             for stage, a, b in zip(STAGES, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
                 stage_ms[stage].append((b - a) / 1e6)
@@ -95,15 +95,15 @@ def sequential_loop(clf: ImageClassifier, source: str, max_frames: int, top_k: i
 
 def app_loop(model: str, source: str, threads: int, max_frames: int, device: str = "cpu",
              labels: str | None = None, mean=None, std=None) -> dict:
-    """Run the real live app (``edge_app.app.run``) headless on ``source`` and summarize its :class:`RunStats`.
+    """Run the real live app (``edge_app.live.app.run``) headless on ``source`` and summarize its :class:`RunStats`.
 
     Example:
         >>> app_loop("model.tflite", "clip.mp4", threads=2, max_frames=100)["fps"]
     """
     try:
-        from edge_app.app import AppConfig, run
+        from edge_app.live.app import AppConfig, run
     except ImportError as e:
-        raise SourceError(f"pipeline mode needs the live app (edge_app.app: AppConfig, run), which did not "
+        raise SourceError(f"pipeline mode needs the live app (edge_app.live.app: AppConfig, run), which did not "
                           f"import: {e}. Reinstall edgecls, or bench without --pipeline") from e
     extra = {}
     if mean is not None or std is not None:
@@ -112,7 +112,7 @@ def app_loop(model: str, source: str, threads: int, max_frames: int, device: str
         extra = {k: (v[0] if v is not None and len(set(v)) == 1 else v)
                  for k, v in (("mean", mean), ("std", std)) if k in names}
     config = AppConfig(model=model, labels=labels, source=source, device=device, num_threads=threads,
-                       headless=True, display=False, max_frames=max_frames, **extra)
+                       display=False, max_frames=max_frames, **extra)
     stats = run(config)
     stage_ms = {k: list(v) for k, v in (stats.stage_ms or {}).items()}
     return {"frames": int(stats.frames), "seconds": float(stats.seconds), "fps": float(stats.fps),

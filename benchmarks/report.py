@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from benchmarks.config import BenchError
-from edge_app.files import atomic_path, write_json, write_text
+from edge_app.runtime.files import atomic_path, write_json, write_text
 
 log = logging.getLogger("edgecls")
 

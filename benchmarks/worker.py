@@ -52,7 +52,7 @@ def run_job(job: dict) -> dict:
 
 
 def main() -> int:
-    from edge_app.errors import EdgeclsError
+    from edge_app.runtime.errors import EdgeclsError
 
     # Keep stdout for the answer alone: whatever the runtime or the app prints goes to stderr.
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "w")

@@ -1,6 +1,5 @@
 import sys
 
-from edge_app.cli import main
-from edgecls.cli import COMMANDS
+from edgecls.cli import COMMANDS, main
 
-sys.exit(main({"convert": COMMANDS["convert"]}, prog="python -m converter"))
+sys.exit(main(commands={"convert": COMMANDS["convert"]}, prog="python -m converter"))

@@ -32,7 +32,7 @@ def load_pixels(items: Items, spec: InputSpec, desc: str = "images") -> np.ndarr
     batch = np.empty((len(items), spec.height, spec.width, spec.channels), np.float32)
     buffer = spec.new_buffer()
     for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 50)):
-        batch[i] = preprocess(read_image(path), spec, out=buffer)[0]
+        batch[i] = preprocess(read_image(path, spec.decode_size), spec, out=buffer)[0]
     return batch
 
 

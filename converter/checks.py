@@ -8,13 +8,13 @@ sees the same resized pixels, so a difference measures the conversion, nothing e
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge_app.runtime import ImageClassifier, preprocess
+from edge_app.runtime.timing import latency_stats, time_invokes
 
 log = logging.getLogger("edgecls")
 
@@ -78,22 +78,15 @@ def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarr
     }
 
 
-def measure_latency(classifier: ImageClassifier, image: np.ndarray, warmup: int = 5, runs: int = 50) -> dict:
-    """``set_input`` once, then ``warmup`` untimed and ``runs`` timed invokes: milliseconds.
+def measure_latency(classifier: ImageClassifier, warmup: int = 5, runs: int = 50) -> dict:
+    """p50/p90/mean/min of ``set_tensor`` + ``invoke`` in milliseconds: the runtime's one timer, as ``bench`` uses.
 
     Example:
-        >>> measure_latency(ImageClassifier("model_int8.tflite", num_threads=2), image)["p50"]
+        >>> measure_latency(ImageClassifier("model_int8.tflite", num_threads=2))["p50"]
     """
-    classifier.set_input(image)
-    for _ in range(warmup):
-        classifier.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        classifier.invoke()
-        times[i] = (time.perf_counter() - start) * 1e3
-    return {"p50": round(float(np.percentile(times, 50)), 3), "p90": round(float(np.percentile(times, 90)), 3),
-            "mean": round(float(times.mean()), 3), "min": round(float(times.min()), 3),
+    first_ms, samples = time_invokes(classifier, runs=runs, warmup=warmup)
+    stats = latency_stats(samples)
+    return {**{k: round(stats[k], 3) for k in ("p50", "p90", "mean", "min")}, "first_ms": round(first_ms, 3),
             "runs": runs, "warmup": warmup, "num_threads": classifier.num_threads}
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+
+from edge_app.runtime.flags import add_normalization, add_threads
+from edge_app.runtime.rundir import CONVERSION_MD
 
 log = logging.getLogger("edgecls")
 
@@ -15,31 +19,22 @@ examples:
   edgecls convert my_model.keras --labels labels.txt --data photos/test --mean 127.5 --std 127.5
   edgecls convert runs/potato --max-latency-ms 5 --threads 2   # gate on speed too (p50 on this machine)
 
-targets (--quant):
-  fp32     float32 weights and kernels: the reference
-  fp16     float16 weights: half the size, float32 kernels on CPU
-  dynamic  int8 weights, float activations: small, usually the slowest on CPU
-  int8     full integer (per-channel); --io uint8 (default) serves CPU and Edge TPU from one file
+{targets}
 
 exit codes: 0 all checks pass, 1 a check failed (files still written, marked failed in
 conversion.json/.md), 2 bad input.
 """
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.replace(",", " ").split())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected numbers like 127.5 or 123.7,116.3,103.5, got {text!r}") from e
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
+    from converter.targets import IO_TYPES, TARGETS, targets_help
+
+    parser.epilog = EPILOG.format(targets=targets_help())
     parser.add_argument("model", metavar="RUN|MODEL",
                         help="a run directory from edgecls train, or a .keras/.h5 model or SavedModel directory")
-    parser.add_argument("--quant", nargs="+", default=None, choices=["fp32", "fp16", "dynamic", "int8", "all"],
+    parser.add_argument("--quant", nargs="+", default=None, choices=[*TARGETS, "all"],
                         help="targets to build; unset: all (int8 alone with --edgetpu)")
-    parser.add_argument("--io", default="uint8", choices=["uint8", "int8", "float32"],
+    parser.add_argument("--io", default="uint8", choices=IO_TYPES,
                         help="input/output type of the int8 model")
     parser.add_argument("--out", type=str, default=None, help="output folder; unset: the run directory (or the model file's folder)")
     parser.add_argument("--labels", default=None, help="label file; unset: the run's labels.txt")
@@ -48,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-data", default=None,
                         help="calibrate int8 on this folder of class sub-folders instead of the run's train split")
     parser.add_argument("--calibration-size", type=int, default=300, help="representative images for int8 (class-balanced)")
-    parser.add_argument("--mean", type=_floats, default=None,
-                        help="input mean of a model from elsewhere: pixels 0-255 become (x - mean) / std")
-    parser.add_argument("--std", type=_floats, default=None, help="input std (255 for [0, 1]; 127.5 with mean 127.5 for [-1, 1])")
+    add_normalization(parser)
     parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
                         help="H W (or N) for a model that takes any input size")
     parser.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP",
@@ -59,8 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fail a variant whose p50 latency on this machine is above this")
     parser.add_argument("--edgetpu", action="store_true", help="make the Edge TPU model (int8) and compile it if "
                         "edgetpu_compiler is on PATH (x86-64 Linux only)")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads for the latency check; "
-                        "unset: all cores, at most 4")
+    add_threads(parser, help="interpreter threads for the latency check (default: all cores, at most 4)")
     parser.add_argument("--runs", type=int, default=50, help="timed invokes per variant")
     parser.add_argument("--warmup", type=int, default=5, help="untimed invokes before timing")
     parser.add_argument("--max-eval-images", type=int, default=None, metavar="N",
@@ -74,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
 
     from converter.config import ConvertConfig
     from converter.convert import run
-    from edge_app.errors import CheckFailed
+    from edge_app.runtime.errors import CheckFailed
 
     image_size = None
     if args.image_size is not None:
@@ -83,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         model=args.model, out_dir=args.out, quants=tuple(args.quant or (["int8"] if args.edgetpu else ["all"])), io=args.io, labels=args.labels,
         data=args.data, calibration_data=args.calibration_data, calibration_size=args.calibration_size,
         mean=args.mean, std=args.std, image_size=image_size, max_accuracy_drop=args.max_accuracy_drop,
-        max_latency_ms=args.max_latency_ms, edgetpu=args.edgetpu, num_threads=args.threads, runs=args.runs,
+        max_latency_ms=args.max_latency_ms, edgetpu=args.edgetpu, num_threads=args.num_threads, runs=args.runs,
         warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed,
     )
     report = run(config)
@@ -101,5 +93,5 @@ def main(args: argparse.Namespace) -> int:
         if (report.get("edgetpu") or {}).get("status") == "failed":
             failed.append(f"edgetpu: {report['edgetpu']['message']}")
         out = config.out_dir or report["run_dir"] or "."
-        raise CheckFailed(f"{' | '.join(failed)} (files written; see {out}/conversion.md)")
+        raise CheckFailed(f"{' | '.join(failed)} (files written; see {Path(out) / CONVERSION_MD})")
     return 0

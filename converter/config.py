@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.errors import EdgeclsError
-
-QUANTS = ("fp32", "fp16", "dynamic", "int8")
-IO_TYPES = ("uint8", "int8", "float32")
-
-
-class ConfigError(EdgeclsError):
-    """A conversion setting that cannot work (exit 2)."""
+from converter.targets import IO_TYPES, TARGETS
+from edge_app.runtime.errors import ConfigError, check_normalization, check_threads
 
 
 @dataclass(frozen=True)
@@ -74,22 +68,21 @@ class ConvertConfig:
                 set_(name, Path(getattr(self, name)))
         quants = (self.quants,) if isinstance(self.quants, str) else tuple(self.quants)
         if "all" in quants:
-            quants = QUANTS
-        unknown = [q for q in quants if q not in QUANTS]
+            quants = tuple(TARGETS)
+        unknown = [q for q in quants if q not in TARGETS]
         if unknown or not quants:
             raise ConfigError(f"unknown --quant {', '.join(unknown) or '(none)'}; choose from "
-                              f"{', '.join(QUANTS)} or all")
+                              f"{', '.join(TARGETS)} or all")
         if self.edgetpu and "int8" not in quants:
             quants = (*quants, "int8")  # the Edge TPU model is compiled from the int8 one
         set_("quants", tuple(dict.fromkeys(quants)))
         if self.io not in IO_TYPES:
-            raise ConfigError(f"unknown --io {self.io!r}; choose uint8, int8 or float32")
+            raise ConfigError(f"unknown --io {self.io!r}; choose {', '.join(IO_TYPES)}")
         if self.edgetpu and self.io == "float32":
             raise ConfigError("--edgetpu needs integer input and output: use --io uint8 (default) or --io int8")
         if self.calibration_size < 0:
             raise ConfigError(f"--calibration-size must be 0 or more, got {self.calibration_size}")
-        if (self.mean is None) != (self.std is None):
-            raise ConfigError("give both --mean and --std, or neither")
+        check_normalization(self.mean, self.std, ConfigError)
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:
@@ -97,8 +90,6 @@ class ConvertConfig:
                 if len(value) not in (1, 3):
                     raise ConfigError(f"--{name} takes 1 or 3 values, got {len(value)}")
                 set_(name, value)
-        if self.std is not None and any(s == 0 for s in self.std):
-            raise ConfigError("--std must not be 0")
         if self.image_size is not None:
             size = tuple(int(v) for v in self.image_size)
             if len(size) != 2 or min(size) < 8:
@@ -108,8 +99,7 @@ class ConvertConfig:
             raise ConfigError(f"--max-accuracy-drop must be 0 or more percentage points, got {self.max_accuracy_drop}")
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise ConfigError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"--threads must be 1 or more, got {self.num_threads}")
+        check_threads(self.num_threads, error=ConfigError)
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError(f"--runs must be 1 or more and --warmup 0 or more, got {self.runs}, {self.warmup}")
         if self.max_eval_images is not None and self.max_eval_images < 1:
@@ -139,7 +129,5 @@ class ConvertConfig:
     @classmethod
     def every_target(cls, model, **kwargs) -> ConvertConfig:
         """fp32, fp16, dynamic and int8, side by side in one report."""
-        return cls(model=model, quants=QUANTS, **kwargs)
+        return cls(model=model, quants=tuple(TARGETS), **kwargs)
 
-    def with_(self, **changes) -> ConvertConfig:
-        return replace(self, **changes)

@@ -6,12 +6,14 @@ import datetime
 import logging
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from converter.calibration import choose_calibration, float_spec, load_pixels, pin_input_range, summarize
 from converter.checks import (
+    Evaluation,
     compare,
     evaluate,
     gate,
@@ -28,11 +30,23 @@ from converter.report import SCHEMA, summarize_speed, write_reports
 from converter.source import Source, load_source, stratified_sample
 from converter.targets import TARGETS
 from converter.worker import convert_all
-from edge_app.errors import LabelsError
-from edge_app.files import write_bytes, write_json
 from edge_app.runtime import default_num_threads, embed_metadata, load_runtime, read_image
+from edge_app.runtime.errors import LabelsError
+from edge_app.runtime.files import check_writable, write_bytes, write_json
 
 log = logging.getLogger("edgecls")
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The held-out images every variant is checked on, and what the float model made of them."""
+
+    images: list[np.ndarray]
+    truth: np.ndarray
+    float_eval: Evaluation
+    float_top1: np.ndarray
+    probabilities: bool
+    source: str
 
 
 def run(config: ConvertConfig) -> dict:
@@ -48,6 +62,7 @@ def run(config: ConvertConfig) -> dict:
     """
     source = load_source(config)
     out_dir = config.out_dir or source.run_dir or source.model_path.parent
+    check_writable(out_dir, "--out", inside=True)  # before minutes of work, not after
     chosen = None  # chosen before TensorFlow loads, so a bad calibration set fails in a second
     if any(TARGETS[q].needs_calibration for q in config.quants):
         chosen = choose_calibration(source.calibration, config.calibration_size, config.seed,
@@ -57,22 +72,8 @@ def run(config: ConvertConfig) -> dict:
     if reference.num_classes != len(source.labels):
         raise LabelsError(f"{source.model_path} outputs {reference.num_classes} classes but its labels have "
                           f"{len(source.labels)}; pass --labels with the file the model was trained with")
-    height, width = reference.input_size
-    spec = float_spec(height, width, source.mean, source.std, source.channel_order)
-
-    items = stratified_sample(source.test, config.max_eval_images, config.seed)
-    log.info("checking on %d images from %s", len(items), source.test_source)
-    if 100 / len(items) > config.max_accuracy_drop:
-        log.warning("only %d check images: one image is %.2f pp, more than --max-accuracy-drop %g; a single "
-                    "changed prediction fails the check. Check on more images (--data DIR)", len(items),
-                    100 / len(items), config.max_accuracy_drop)
-    images = [read_image(path) for path, _ in items]
-    truth = np.array([label for _, label in items])
-    ref_scores, ref_top1 = reference_predictions(reference, images, spec)
-    probabilities = reference.outputs_probabilities(ref_scores)
-    float_eval = evaluate(ref_top1, truth, source.labels)
-    log.info("float model: accuracy %.2f%%", 100 * float_eval.accuracy)
-
+    spec = float_spec(*reference.input_size, source.mean, source.std, source.channel_order)
+    checks = _float_checks(reference, source, spec, config)
     pixels, calibration_summary = None, None
     if chosen:
         pixels = load_pixels(chosen, spec, desc="calibration")
@@ -80,70 +81,69 @@ def run(config: ConvertConfig) -> dict:
         calibration_summary = summarize(chosen, pixels, source.labels, source.calibration_source)
     flatbuffers = convert_all(source.model_path, reference.input_size, config.quants, config.io, pixels)
 
-    base_metadata = _metadata(source, reference, probabilities)
+    base_metadata = _metadata(source, reference, checks.probabilities)
     threads = config.num_threads or default_num_threads()
-    variants = []
-    for quant in config.quants:
-        target, data = TARGETS[quant], flatbuffers[quant]
-        path = out_dir / target.filename()
-        metadata = {**base_metadata, "quant": quant}
-        write_bytes(path, embed_metadata(data, metadata, source.labels))
-        variant = _check(path, data, source, images, truth, float_eval, ref_top1, config, threads)
-        metadata["accuracy"] = {k: variant[k] for k in ("accuracy", "accuracy_drop_pp", "agreement")} | {
-            "float_accuracy": float_eval.accuracy, "num_images": len(items), "data": source.test_source}
-        # Re-embed now that the accuracy is measured: the artifact carries its own proof.
-        write_bytes(path, embed_metadata(data, metadata, source.labels))
-        write_json(path.with_suffix(".json"), {**metadata, "labels": source.labels})
-        variant["size_bytes"] = path.stat().st_size
-        variants.append(variant)
-        log.info("%s: %s, accuracy %.2f%% (drop %+.2f pp), agreement %.2f%%, p50 %.2f ms%s", quant,
-                 path.name, 100 * variant["accuracy"], variant["accuracy_drop_pp"], 100 * variant["agreement"],
-                 variant["latency_ms"]["p50"], "" if variant["passed"] else " FAILED: " + "; ".join(variant["failures"]))
-        for warning in variant["warnings"]:
-            log.warning("%s: %s", quant, warning)
-
+    variants = [_write_and_check(quant, flatbuffers[quant], out_dir / TARGETS[quant].filename(), base_metadata,
+                                 source.labels, checks, config, threads) for quant in config.quants]
     fp32_size = next((v["size_bytes"] for v in variants if v["quant"] == "fp32"), None)
     for v in variants:
         v["size_vs_fp32"] = round(v["size_bytes"] / fp32_size, 4) if fp32_size else None
-
     edgetpu = None
     if config.edgetpu:
         int8_path = out_dir / TARGETS["int8"].filename()
         edgetpu = compile_model(flatbuffers["int8"], int8_path, {**base_metadata, "quant": "int8"}, source.labels)
         (log.info if edgetpu["status"] == "compiled" else log.warning)("Edge TPU: %s", edgetpu["message"])
-
-    report = {
-        "schema": SCHEMA,
-        "model": str(source.model_path),
-        "run_dir": str(source.run_dir) if source.run_dir else None,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "labels": source.labels,
-        "input_size": [height, width],
-        "preprocessing": {k: base_metadata[k] for k in ("mean", "std", "channel_order")},
-        "check_data": {"source": source.test_source, "num_images": len(items),
-                       "per_class": {label: int((truth == i).sum()) for i, label in enumerate(source.labels)}},
-        "float_accuracy": float_eval.accuracy,
-        "float_per_class_accuracy": float_eval.per_class,
-        "float_confusion_matrix": float_eval.confusion_matrix,
-        "calibration": calibration_summary,
-        "limits": {"max_accuracy_drop_pp": config.max_accuracy_drop, "max_latency_ms": config.max_latency_ms},
-        "machine": _machine(threads, config),
-        "variants": variants,
-        "speed": summarize_speed(variants),
-        "edgetpu": edgetpu,
-    }
-    report["passed"] = all(v["passed"] for v in variants) and (edgetpu or {}).get("status") != "failed"
+    report = _report(source, reference, base_metadata, checks, calibration_summary, config, threads, variants,
+                     edgetpu)
     json_path, md_path = write_reports(out_dir, report)
     log.info("reports: %s, %s", json_path, md_path)
     return report
 
 
-def _check(path: Path, data: bytes, source: Source, images, truth, float_eval, ref_top1,
-           config: ConvertConfig, threads: int) -> dict:
-    classifier = open_classifier(path, source.labels, threads)
-    predictions = tflite_predictions(classifier, images, desc=path.name)
-    result = compare(evaluate(predictions, truth, source.labels), float_eval, ref_top1)
-    latency = measure_latency(classifier, images[0], config.warmup, config.runs)
+def _float_checks(reference: ReferenceModel, source: Source, spec, config: ConvertConfig) -> Checks:
+    """Pick and decode the check images and run the float model on them."""
+    items = stratified_sample(source.test, config.max_eval_images, config.seed)
+    log.info("checking on %d images from %s", len(items), source.test_source)
+    if 100 / len(items) > config.max_accuracy_drop:
+        log.warning("only %d check images: one image is %.2f pp, more than --max-accuracy-drop %g; a single "
+                    "changed prediction fails the check. Check on more images (--data DIR)", len(items),
+                    100 / len(items), config.max_accuracy_drop)
+    # Decoded as the device decodes them for this input size (a large JPEG at a reduced scale).
+    images = [read_image(path, spec.decode_size) for path, _ in items]
+    truth = np.array([label for _, label in items])
+    ref_scores, ref_top1 = reference_predictions(reference, images, spec)
+    float_eval = evaluate(ref_top1, truth, source.labels)
+    log.info("float model: accuracy %.2f%%", 100 * float_eval.accuracy)
+    return Checks(images, truth, float_eval, ref_top1, reference.outputs_probabilities(ref_scores),
+                  source.test_source)
+
+
+def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, labels: list[str], checks: Checks,
+                     config: ConvertConfig, threads: int) -> dict:
+    """Write one variant with its metadata, prove it, and embed the proof in it."""
+    metadata = {**base_metadata, "quant": quant}
+    write_bytes(path, embed_metadata(data, metadata, labels))
+    variant = _check(quant, path, data, labels, checks, config, threads)
+    metadata["accuracy"] = {k: variant[k] for k in ("accuracy", "accuracy_drop_pp", "agreement")} | {
+        "float_accuracy": checks.float_eval.accuracy, "num_images": len(checks.images), "data": checks.source}
+    # Re-embed now that the accuracy is measured: the artifact carries its own proof.
+    write_bytes(path, embed_metadata(data, metadata, labels))
+    write_json(path.with_suffix(".json"), {**metadata, "labels": labels})
+    variant["size_bytes"] = path.stat().st_size
+    log.info("%s: %s, accuracy %.2f%% (drop %+.2f pp), agreement %.2f%%, p50 %.2f ms%s", quant,
+             path.name, 100 * variant["accuracy"], variant["accuracy_drop_pp"], 100 * variant["agreement"],
+             variant["latency_ms"]["p50"], "" if variant["passed"] else " FAILED: " + "; ".join(variant["failures"]))
+    for warning in variant["warnings"]:
+        log.warning("%s: %s", quant, warning)
+    return variant
+
+
+def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Checks, config: ConvertConfig,
+           threads: int) -> dict:
+    classifier = open_classifier(path, labels, threads)
+    predictions = tflite_predictions(classifier, checks.images, desc=path.name)
+    result = compare(evaluate(predictions, checks.truth, labels), checks.float_eval, checks.float_top1)
+    latency = measure_latency(classifier, config.warmup, config.runs)
     graph = inspect_flatbuffer(data)
     graph.xnnpack_partitions, graph.cpu_fallback_ops = xnnpack_partitions(classifier.interpreter)
     warnings = list(graph.warnings)
@@ -153,7 +153,8 @@ def _check(path: Path, data: bytes, source: Source, images, truth, float_eval, r
                         f"reference kernels: {fell}")
     detail = classifier.input_detail, classifier.output_detail
     variant = {
-        "quant": path.stem.removeprefix("model_"),
+        "quant": quant,
+        "description": TARGETS[quant].description,
         "path": str(path),
         "size_bytes": path.stat().st_size,
         "io": {"input": np.dtype(detail[0]["dtype"]).name, "output": np.dtype(detail[1]["dtype"]).name,
@@ -167,6 +168,33 @@ def _check(path: Path, data: bytes, source: Source, images, truth, float_eval, r
     variant["passed"] = not variant["failures"]
     del classifier
     return variant
+
+def _report(source: Source, reference: ReferenceModel, base_metadata: dict, checks: Checks,
+            calibration_summary: dict | None, config: ConvertConfig, threads: int, variants: list[dict],
+            edgetpu: dict | None) -> dict:
+    truth = checks.truth
+    report = {
+        "schema": SCHEMA,
+        "model": str(source.model_path),
+        "run_dir": str(source.run_dir) if source.run_dir else None,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "labels": source.labels,
+        "input_size": list(reference.input_size),
+        "preprocessing": {k: base_metadata[k] for k in ("mean", "std", "channel_order")},
+        "check_data": {"source": checks.source, "num_images": len(truth),
+                       "per_class": {label: int((truth == i).sum()) for i, label in enumerate(source.labels)}},
+        "float_accuracy": checks.float_eval.accuracy,
+        "float_per_class_accuracy": checks.float_eval.per_class,
+        "float_confusion_matrix": checks.float_eval.confusion_matrix,
+        "calibration": calibration_summary,
+        "limits": {"max_accuracy_drop_pp": config.max_accuracy_drop, "max_latency_ms": config.max_latency_ms},
+        "machine": _machine(threads, config),
+        "variants": variants,
+        "speed": summarize_speed(variants),
+        "edgetpu": edgetpu,
+    }
+    report["passed"] = all(v["passed"] for v in variants) and (edgetpu or {}).get("status") != "failed"
+    return report
 
 
 def _metadata(source: Source, reference: ReferenceModel, probabilities: bool) -> dict:
@@ -189,7 +217,7 @@ def _metadata(source: Source, reference: ReferenceModel, probabilities: bool) ->
 
 
 def _machine(threads: int, config: ConvertConfig) -> dict:
-    from edge_app.device import cpu_model
+    from edge_app.runtime.device import cpu_model
 
     runtime = load_runtime()
     return {"cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),

@@ -15,8 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edge_app.files import write_bytes, write_text
 from edge_app.runtime import embed_metadata
+from edge_app.runtime.files import write_bytes, write_text
 
 log = logging.getLogger("edgecls")
 

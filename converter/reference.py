@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ModelError
+from edge_app.runtime.errors import ModelError, first_line
 from edge_app.runtime.interpreter import native_stderr_to_log
 
 log = logging.getLogger("edgecls")
@@ -48,7 +48,7 @@ class ReferenceModel:
                 loaded = tf.saved_model.load(str(path))
                 fn = loaded.signatures["serving_default"]
             except (OSError, ValueError, KeyError) as e:
-                raise ModelError(f"cannot load SavedModel {path} ({str(e).splitlines()[0]}); it needs a "
+                raise ModelError(f"cannot load SavedModel {path} ({first_line(e)}); it needs a "
                                  "'serving_default' signature taking one image tensor") from e
             specs = list(fn.structured_input_signature[1].values())
             if len(specs) != 1:
@@ -68,10 +68,11 @@ class ReferenceModel:
             with native_stderr_to_log():
                 import keras
 
+            _check_keras_file(path)
             try:
                 model = keras.models.load_model(path, compile=False)
             except Exception as e:  # Keras raises anything from ValueError to OSError to TypeError here
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = first_line(e)
                 raise ModelError(f"cannot load Keras model {path} ({reason[:300]}); is it a complete model saved "
                                  "with model.save() (not weights only)? Custom layers must be importable") from e
             if len(model.inputs) != 1:
@@ -122,3 +123,18 @@ class ReferenceModel:
     def outputs_probabilities(self, scores: np.ndarray) -> bool:
         """True when rows are already probabilities (a softmax head), so nothing is applied on the device."""
         return bool(np.all(scores >= -1e-6) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _check_keras_file(path: Path) -> None:
+    """A ``.keras`` file is a zip archive and an ``.h5`` file an HDF5 one: say so before Keras says "not found"."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    suffix = path.suffix.lower()
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a Keras model file (a .keras file is a zip archive; this one is not): "
+                         "is it truncated or something else renamed? Save it again with model.save('model.keras')")
+    if suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+        raise ModelError(f"{path} is not an HDF5 file (no HDF5 signature): is it truncated or something else "
+                         "renamed? Save it again with model.save('model.h5')")

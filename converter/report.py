@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_app.files import write_json, write_text
+from edge_app.runtime.files import write_json, write_text
+from edge_app.runtime.rundir import CONVERSION, CONVERSION_MD
 
 SCHEMA = "edgecls.conversion/1"
 
@@ -27,8 +28,8 @@ def summarize_speed(variants: list[dict]) -> dict:
 
 def write_reports(out_dir: Path, report: dict) -> tuple[Path, Path]:
     """Write both reports atomically; returns their paths."""
-    json_path = write_json(out_dir / "conversion.json", report)
-    md_path = write_text(out_dir / "conversion.md", render_markdown(report))
+    json_path = write_json(out_dir / CONVERSION, report)
+    md_path = write_text(out_dir / CONVERSION_MD, render_markdown(report))
     return json_path, md_path
 
 
@@ -64,6 +65,8 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {v['quant']} | {_mb(v['size_bytes'])} | {ratio} | {v['io']['input']}/{v['io']['output']} | "
                      f"{_pct(v.get('accuracy'))} | {drop} | {_pct(v.get('agreement'))} | {lat.get('p50', '—')} | "
                      f"{lat.get('p90', '—')} | {graph.get('xnnpack_partitions', '—')} | {result} |")
+    lines += ["", "Variants: " + "; ".join(f"**{v['quant']}**: {v['description']}" for v in report["variants"]
+                                       if v.get("description")) + "."]
     speed = report.get("speed", {})
     if speed.get("fastest"):
         lines += ["", f"**Fastest on this machine: {speed['fastest']}**"

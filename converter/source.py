@@ -1,29 +1,25 @@
 """What the converter starts from: a run directory (per the run contract) or a model made elsewhere.
 
-The run directory is read straight from ``config.json`` (``splits``, ``labels``, ``image_size``,
-``preprocessing``), so the converter needs nothing from the trainer's code.
+The run directory is read through :mod:`edge_app.runtime.rundir` (``config.json``: ``splits``,
+``labels``, ``image_size``, ``preprocessing``), so the converter imports nothing from the trainer.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import EdgeclsError, LabelsError, ModelError
 from edge_app.runtime import list_images, read_labels
-from trainer.datasets import split_items
+from edge_app.runtime.errors import DataError, LabelsError, ModelError
+from edge_app.runtime.rundir import KERAS_MODEL, LABELS, read_config, split_items
 
 log = logging.getLogger("edgecls")
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
-
-class DataError(EdgeclsError):
-    """Images for calibration or checks that are missing or do not fit the model (exit 2)."""
 
 
 Items = list[tuple[Path, int]]
@@ -55,11 +51,11 @@ def load_source(config) -> Source:
     run_config, run_dir = {}, None
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         run_dir = path
-        model_path = path / "model.keras"
+        model_path = path / KERAS_MODEL
         if not model_path.is_file():
-            raise ModelError(f"run directory {path} has no model.keras; train first (edgecls train DATA --out {path}) "
+            raise ModelError(f"run directory {path} has no {KERAS_MODEL}; train first (edgecls train DATA --out {path}) "
                              "or pass the model file itself")
-        run_config = read_run_config(path)
+        run_config = read_config(path)
     else:
         model_path = path
         if path.is_file() and path.suffix.lower() not in KERAS_SUFFIXES:
@@ -98,32 +94,16 @@ def load_source(config) -> Source:
                   calibration, calibration_source, test, test_source)
 
 
-def read_run_config(run_dir: Path) -> dict:
-    """``RUN/config.json`` as a dict; missing or broken is a :class:`ModelError` saying what to do."""
-    path = run_dir / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ModelError(f"run directory {run_dir} has no config.json; it was not written by edgecls train. "
-                         "Pass the model file with --labels and --data instead") from e
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {path} ({e}); re-run edgecls train, or pass the model file with "
-                         "--labels and --data") from e
-    if not isinstance(config, dict):
-        raise ModelError(f"{path} is not a JSON object; re-run edgecls train")
-    return config
-
-
 def _held_out(run_dir: Path, run_config: dict) -> tuple[Items, str]:
     for split in ("test", "val"):
         items = split_items(run_dir, run_config, split)
         if items:
             if split != "test":
                 log.warning("%s has no test split: checking on the validation split, which guided training",
-                            run_dir / "config.json")
+                            run_dir)
             missing = [p for p, _ in items if not p.is_file()]
             if missing:
-                raise DataError(f"{len(missing)} of the {split} images in {run_dir / 'config.json'} are missing "
+                raise DataError(f"{len(missing)} of the {split} images of run {run_dir} are missing "
                                 f"(first: {missing[0]}); is data_dir {run_config.get('data_dir')} still there? "
                                 "Or pass --data DIR")
             return items, split
@@ -160,11 +140,11 @@ def folder_items(folder: Path, labels: list[str]) -> Items:
 def _labels(config, run_dir: Path | None, run_config: dict) -> list[str]:
     if config.labels is not None:
         return read_labels(config.labels)
-    if run_dir is not None and (run_dir / "labels.txt").is_file():
-        return read_labels(run_dir / "labels.txt")
+    if run_dir is not None and (run_dir / LABELS).is_file():
+        return read_labels(run_dir / LABELS)
     if run_config.get("labels"):
         return list(run_config["labels"])
-    beside = config.model.parent / "labels.txt"
+    beside = config.model.parent / LABELS
     if beside.is_file():
         return read_labels(beside)
     raise LabelsError(f"no labels for {config.model}; pass --labels FILE (one label per line, index order)")

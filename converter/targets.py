@@ -11,13 +11,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge_app.errors import EdgeclsError
+from edge_app.runtime.errors import ConversionError
+from edge_app.runtime.rundir import QUANTS, model_file
 
 log = logging.getLogger("edgecls")
 
-
-class ConversionError(EdgeclsError):
-    """TensorFlow Lite could not lower the model for a target (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,7 @@ class Target:
     configure: Callable
 
     def filename(self) -> str:
-        return f"model_{self.name}.tflite"
+        return model_file(self.name)
 
 
 def _fp32(converter, tf, calibration, io: str) -> None:
@@ -59,16 +57,22 @@ def _int8(converter, tf, calibration, io: str) -> None:
 
 TARGETS = {t.name: t for t in (
     Target("fp32", "float32 weights and kernels: the reference", "float32", False, False, _fp32),
-    Target("fp16", "float16 weights (half the size), float32 kernels on CPU", "float32", False, False, _fp16),
-    Target("dynamic", "int8 weights, float activations (dynamic-range): smallest float file", "float32", False,
+    Target("fp16", "float16 weights: half the size, float32 kernels on CPU", "float32", False, False, _fp16),
+    Target("dynamic", "int8 weights, float activations: small, usually the slowest on CPU", "float32", False,
            False, _dynamic),
-    Target("int8", "full integer, per-channel int8 weights and activations", "config", True, True, _int8),
+    Target("int8", "full integer, per-channel; --io uint8 (default) serves CPU and Edge TPU from one file", "config",
+           True, True, _int8),
 )}
 
 
+if tuple(TARGETS) != QUANTS:  # the run directory's quant names and this table must not drift apart
+    raise RuntimeError(f"converter targets {tuple(TARGETS)} differ from the run contract's {QUANTS}")
+IO_TYPES = ("uint8", "int8", "float32")
+
+
 def target_table() -> list[dict]:
-    """The table as rows, for ``--help``, docs and the report."""
-    return [{"quant": t.name, "file": t.filename(), "io": t.io if t.io != "config" else "uint8|int8|float32 (--io)",
+    """The table as rows, for ``--help``, the config's validation, the report and docs."""
+    return [{"quant": t.name, "file": t.filename(), "io": t.io if t.io != "config" else f"{'|'.join(IO_TYPES)} (--io)",
              "calibration": t.needs_calibration, "edgetpu_ready": t.edgetpu_ready, "description": t.description}
             for t in TARGETS.values()]
 
@@ -110,3 +114,11 @@ def explain_failure(message: str, quant: str, path) -> str:
     first = next((line.strip() for line in message.splitlines() if "error" in line.lower()), message.strip()[:200])
     log.debug("converter said: %s", message)
     return f"cannot convert {path} to {quant}: {what} cannot be lowered to TFLite ({first[:200]}); {fix}"
+
+
+def targets_help() -> str:
+    """The ``targets (--quant):`` block of ``edgecls convert --help``, from the table."""
+    width = max(len(name) for name in TARGETS)
+    rows = [f"  {t.name:<{width}}  {t.description}" + ("; Edge TPU ready" if t.edgetpu_ready else "")
+            + ("; needs calibration images" if t.needs_calibration else "") for t in TARGETS.values()]
+    return "targets (--quant):\n" + "\n".join(rows)

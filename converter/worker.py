@@ -113,7 +113,7 @@ def _child(request_path: str) -> int:
     from converter.calibration import representative_dataset
     from converter.reference import ReferenceModel
     from converter.targets import convert
-    from edge_app.errors import EdgeclsError
+    from edge_app.runtime.errors import EdgeclsError
 
     out = Path(request["out"])
     try:

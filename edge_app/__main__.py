@@ -1,5 +1,5 @@
 import sys
 
-from edge_app.cli import EDGE_COMMANDS, main
+from edgecls.cli import EDGE_COMMANDS, main
 
-sys.exit(main(EDGE_COMMANDS, prog="python -m edge_app"))
+sys.exit(main(commands=EDGE_COMMANDS, prog="python -m edge_app"))

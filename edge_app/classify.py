@@ -10,8 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_app.errors import EdgeclsError, ImageError
-from edge_app.runtime import ImageClassifier, list_images, read_image
+from edge_app.runtime import ImageClassifier, list_images
+from edge_app.runtime.errors import EdgeclsError, ImageError, check_normalization, check_threads
+from edge_app.runtime.flags import add_max_pixels, add_normalization, add_threads
 
 log = logging.getLogger("edgecls")
 
@@ -21,6 +22,7 @@ EXAMPLES = """examples:
   edgecls classify model_int8.tflite photos/ --json > results.jsonl
   edgecls classify model_edgetpu.tflite parrot.jpg --device edgetpu
   edgecls classify float_model.tflite cat.jpg --labels labels.txt --mean 127.5 --std 127.5
+  edgecls classify model.tflite photos/ --top-k 5 --min-score 0.1      # hide unlikely classes
 
 exit codes: 0 all classified, 1 some images failed (the rest were classified), 2 bad input."""
 
@@ -39,6 +41,7 @@ class ClassifyConfig:
     std: tuple[float, ...] | None = None
     center_crop: float | None = None
     stages: bool = field(default=False)
+    max_pixels: int | None = None
 
     def __post_init__(self):
         if not self.images:
@@ -46,9 +49,9 @@ class ClassifyConfig:
         if self.top_k < 1:
             raise EdgeclsError(f"--top-k must be 1 or more, got {self.top_k}")
         if not 0 <= self.score_threshold <= 1:
-            raise EdgeclsError(f"--threshold must be between 0 and 1, got {self.score_threshold}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise EdgeclsError(f"--threads must be 1 or more, got {self.num_threads}")
+            raise EdgeclsError(f"--min-score must be between 0 and 1, got {self.score_threshold}")
+        check_threads(self.num_threads)
+        check_normalization(self.mean, self.std)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,23 +60,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     parser.add_argument("--labels", help="label file (default: labels embedded in the model, else labels.txt beside it)")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
-    parser.add_argument("--threshold", type=float, default=0.0, dest="score_threshold",
-                        help="hide classes scoring below this probability")
+    parser.add_argument("--min-score", type=float, default=0.0, dest="score_threshold", metavar="P",
+                        help="hide classes scoring below this probability ('run --threshold' marks frames uncertain)")
+    parser.add_argument("--threshold", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--device", default="cpu", help="cpu, or edgetpu / edgetpu:usb:0 / edgetpu:pci:0 for a Coral")
-    parser.add_argument("--threads", type=int, dest="num_threads", help="CPU threads (default: all cores, at most 4)")
-    parser.add_argument("--mean", type=float, nargs="+", help="input mean for a float model without metadata")
-    parser.add_argument("--std", type=float, nargs="+", help="input std for a float model without metadata")
+    add_threads(parser)
+    add_normalization(parser)
+    add_max_pixels(parser)
     parser.add_argument("--center-crop", type=float, help="crop this central fraction (at the model's aspect) first")
     parser.add_argument("--stages", action="store_true", help="also print the mean per-stage time split on stderr")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.threshold is not None:
+        raise EdgeclsError(f"classify --threshold {args.threshold} is now --min-score {args.threshold} (hide classes "
+                           "below it); --threshold belongs to 'edgecls run', where it marks frames uncertain")
     return run(ClassifyConfig(
         model=args.model, images=tuple(args.images), labels=args.labels, top_k=args.top_k,
         score_threshold=args.score_threshold, json=args.json, device=args.device, num_threads=args.num_threads,
-        mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
-        center_crop=args.center_crop, stages=args.stages or args.verbose > 0,
+        mean=args.mean, std=args.std,
+        center_crop=args.center_crop, stages=args.stages or args.verbose > 0, max_pixels=args.max_pixels,
     ))
 
 
@@ -123,7 +130,7 @@ def _expand(images: tuple[str, ...]) -> list[Path]:
 
 def _classify_one(classifier: ImageClassifier, path: Path, config: ClassifyConfig) -> tuple[dict, dict]:
     t0 = time.perf_counter()
-    image = read_image(path)
+    image = classifier.read_image(path, config.max_pixels)
     t1 = time.perf_counter()
     classifier.set_input(image)
     t2 = time.perf_counter()

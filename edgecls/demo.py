@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import EdgeclsError
-from edge_app.files import write_json
+from edge_app.runtime.errors import EdgeclsError
+from edge_app.runtime.files import check_writable, write_json
+from edge_app.runtime.rundir import check_replaceable, model_file
 
 log = logging.getLogger("edgecls")
 
@@ -38,10 +39,9 @@ class DemoConfig:
     data: Path | None = None
 
     def __post_init__(self):
-        out = Path(self.out)
-        if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-            raise EdgeclsError(f"{out} exists and is not an edgecls run folder; the demo replaces its folder, "
-                               "so pass --out to an empty or new one")
+        # The demo replaces its folder: only one that is new, empty, or a run edgecls wrote.
+        check_replaceable(self.out, protect=(self.data,) if self.data else ())
+        check_writable(self.out, "--out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +89,7 @@ def _train(data: Path, config: DemoConfig) -> Path:
         settings = dict(backbone="simple_cnn", image_size=32, epochs=2, fine_tune_epochs=0, gradcam_images=2,
                         augment=False, batch_size=64)
     else:
-        # Minimalistic V3 has no hard-swish, so its int8 model stays fast on CPU XNNPACK (PERFORMANCE.md).
+        # Minimalistic V3 has no hard-swish, so its int8 model stays fast on CPU: XNNPACK has no int8 hard-swish.
         # Measured here: 84.5% test accuracy in about 95 s (early stopping after ~30 epochs).
         settings = dict(backbone="mobilenet_v3_small_minimalistic", image_size=64, epochs=40, patience=12,
                         fine_tune_epochs=0, gradcam_images=6)
@@ -114,15 +114,15 @@ def _bench(run_dir: Path, data: Path, config: DemoConfig) -> dict:
     _stage("3/5 benchmark both models on this machine")
     test = data / "test" if (data / "test").is_dir() else None
     return bench(BenchConfig(
-        models=(str(run_dir / "model_fp32.tflite"), str(run_dir / "model_int8.tflite")),
+        models=(str(run_dir / model_file("fp32")), str(run_dir / model_file("int8"))),
         runs=30 if config.quick else 300, warmup=5 if config.quick else 20, data=str(test) if test else None,
         max_per_class=10 if config.quick else None, json=str(run_dir / "bench.json"),
         plot=str(run_dir / "bench.png"), md=str(run_dir / "bench.md")))
 
 
 def _live(run_dir: Path, config: DemoConfig) -> dict:
-    from edge_app.app import AppConfig
-    from edge_app.app import run as run_app
+    from edge_app.live.app import AppConfig
+    from edge_app.live.app import run as run_app
 
     _stage("4/5 classify a video of held-out images with the live loop (headless)")
     video, truth = _held_out_video(run_dir, per_class=4 if config.quick else 20)
@@ -130,7 +130,7 @@ def _live(run_dir: Path, config: DemoConfig) -> dict:
     level = log.level
     log.setLevel(max(level, logging.WARNING))  # the app announces every label change; the summary says enough
     try:
-        stats = run_app(AppConfig(model=str(run_dir / "model_int8.tflite"), source=str(video), headless=True,
+        stats = run_app(AppConfig(model=str(run_dir / model_file("int8")), source=str(video),
                                   log=str(log_path), top_k=1))
     finally:
         log.setLevel(level)
@@ -153,10 +153,10 @@ def _held_out_video(run_dir: Path, per_class: int) -> tuple[Path, list[str]]:
     import cv2
 
     from edge_app.runtime import read_image
-    from trainer.datasets import load_split
+    from edge_app.runtime.rundir import LABELS, load_split
 
     test = load_split(run_dir, "test")
-    labels = (run_dir / "labels.txt").read_text(encoding="utf-8").splitlines()
+    labels = (run_dir / LABELS).read_text(encoding="utf-8").splitlines()
     by_class: dict[int, list[Path]] = {}
     for path, index in test:
         by_class.setdefault(index, []).append(path)
@@ -204,6 +204,6 @@ def _format(summary: dict) -> str:
     accuracy = "" if live["accuracy"] is None else f", {100 * live['accuracy']:.0f}% of frames right"
     lines += [f"  live loop on a video of held-out images: {live['frames']} frames at {live['fps']:.0f} FPS{accuracy}",
               f"  report: {summary['report']}",
-              f"  next: edgecls classify {summary['run_dir']}/model_int8.tflite IMAGE, "
-              f"or edgecls run {summary['run_dir']}/model_int8.tflite --source 0"]
+              f"  next: edgecls classify {summary['run_dir']}/{model_file('int8')} IMAGE, "
+              f"or edgecls run {summary['run_dir']}/{model_file('int8')} --source 0"]
     return "\n".join(lines)

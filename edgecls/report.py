@@ -14,8 +14,9 @@ import html
 import json
 from pathlib import Path
 
-from edge_app.errors import EdgeclsError
-from edge_app.files import write_text
+from edge_app.runtime import rundir
+from edge_app.runtime.errors import EdgeclsError
+from edge_app.runtime.files import write_text
 
 EXAMPLES = """examples:
   edgecls report runs/potato
@@ -53,7 +54,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         >>> write_report(Path("runs/demo"))
         PosixPath('runs/demo/report.html')
     """
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / rundir.CONFIG).is_file():
         raise EdgeclsError(f"{run_dir} is not a run directory (no config.json); train one first: "
                            f"edgecls train DATA --out {run_dir}")
     run = {name: _load(run_dir / f"{name}.json") for name in ("config", "metrics", "conversion", "bench", "live")}
@@ -72,7 +73,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     page = (f"<!doctype html><html lang=en><meta charset=utf-8><title>edgecls — {_e(run_dir.name)}</title>"
             f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style><body>"
             + "\n".join(p for p in parts if p) + "</body></html>\n")
-    out = out or run_dir / "report.html"
+    out = out or run_dir / rundir.REPORT
     write_text(out, page)
     return out
 

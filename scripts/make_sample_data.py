@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import CheckFailed, EdgeclsError
-from edge_app.files import write_bytes
+from edge_app.runtime.errors import CheckFailed, EdgeclsError
+from edge_app.runtime.files import write_bytes
 
 log = logging.getLogger("edgecls")
 

@@ -27,3 +27,22 @@ def run_cli(*args: str | os.PathLike, module: str = "edgecls", env: dict | None 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO, input=input)
+
+
+def can_unshare() -> bool:
+    """Whether this process may make a private mount namespace (root with unshare(1)): read-only and tiny disks."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def run_cli_read_only(folder: str | os.PathLike, *args: str | os.PathLike,
+                      timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m edgecls ARGS`` with ``folder`` mounted read-only (a private mount namespace; root only)."""
+    script = ('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"')
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), sys.executable, "-m", "edgecls",
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})

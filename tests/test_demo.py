@@ -88,5 +88,5 @@ def test_report_command_regenerates_and_rejects_a_non_run(demo_run, tmp_path):
 def test_demo_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     result = run_cli("demo", "--quick", "--out", tmp_path)
-    assert result.returncode == 2 and "not an edgecls run folder" in result.stderr
+    assert result.returncode == 2 and "not an edgecls run directory" in result.stderr
     assert (tmp_path / "thesis.tex").read_text() == "precious"

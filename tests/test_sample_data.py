@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from support import REPO
 
-from edge_app.errors import EdgeclsError
 from edge_app.runtime import read_image
+from edge_app.runtime.errors import EdgeclsError
 from edgecls import sample_data
 
 SCRIPT = REPO / "scripts" / "make_sample_data.py"

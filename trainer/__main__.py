@@ -1,6 +1,5 @@
 import sys
 
-from edge_app.cli import main
-from edgecls.cli import COMMANDS
+from edgecls.cli import COMMANDS, main
 
-sys.exit(main({"train": COMMANDS["train"]}, prog="python -m trainer"))
+sys.exit(main(commands={"train": COMMANDS["train"]}, prog="python -m trainer"))

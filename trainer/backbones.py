@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import TrainError
+from edge_app.runtime.errors import TrainError, first_line
 
 # From-scratch batch-norm momentum: Keras's pretrained MobileNets use 0.999, whose moving statistics
 # need thousands of steps to settle; on a few thousand images the validation pass would then run on
@@ -232,10 +232,10 @@ def _make_backbone(spec: BackboneSpec, config, size: int):
         if weights_path is not None:
             raise TrainError(
                 f"--weights {weights_path} does not fit {spec.name} (alpha {config.alpha}, "
-                f"{size} px, no top): {_first_line(e)}"
+                f"{size} px, no top): {first_line(e)[:300]}"
             ) from e
         raise TrainError(
-            f"cannot build {spec.name} at --image-size {size} --alpha {config.alpha}: {_first_line(e)}"
+            f"cannot build {spec.name} at --image-size {size} --alpha {config.alpha}: {first_line(e)[:300]}"
         ) from e
     if weights_path is not None and weights_path.suffix.lower() == ".keras":
         _load_keras_weights(model, weights_path, spec)
@@ -252,7 +252,7 @@ def _load_keras_weights(backbone, path: Path, spec: BackboneSpec) -> None:
         source = keras.models.load_model(path, compile=False)
     except Exception as e:
         raise TrainError(
-            f"--weights {path}: not a readable Keras model ({_first_line(e)}); "
+            f"--weights {path}: not a readable Keras model ({first_line(e)[:300]}); "
             "give a .keras file saved by Keras 3 or a .h5 weights file"
         ) from e
     candidates = [layer for layer in source.layers if layer.name == "backbone"] or [source]
@@ -261,10 +261,6 @@ def _load_keras_weights(backbone, path: Path, spec: BackboneSpec) -> None:
     except ValueError as e:
         raise TrainError(
             f"--weights {path} does not fit {spec.name} at this --alpha/--image-size "
-            f"({_first_line(e)}); use weights saved from the same backbone"
+            f"({first_line(e)[:300]}); use weights saved from the same backbone"
         ) from e
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__

@@ -40,7 +40,7 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
             return
-        from edge_app.errors import Interrupted
+        from edge_app.runtime.errors import Interrupted
 
         def handle(signum, frame):
             if self.exception is not None:

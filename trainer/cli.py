@@ -7,7 +7,8 @@ import json
 import logging
 import os
 
-from edge_app.errors import CheckFailed
+from edge_app.runtime.errors import CheckFailed
+from edge_app.runtime.rundir import METRICS
 
 log = logging.getLogger("edgecls")
 
@@ -180,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     run_dir = run(config)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / METRICS).read_text())
     validation = metrics["validation"]
     print(
         f"test accuracy {metrics['test_accuracy']:.1%} (balanced {metrics['balanced_accuracy']:.1%}, "

@@ -6,13 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.errors import EdgeclsError
+from edge_app.runtime.errors import TrainError
+from edge_app.runtime.files import check_writable
+from edge_app.runtime.rundir import check_replaceable
 
 WEIGHT_SUFFIXES = (".h5", ".keras")
 
-
-class TrainError(EdgeclsError):
-    """A training setting, dataset or output folder that cannot be used as given."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +120,9 @@ class TrainConfig:
             raise TrainError(f"{self.data_dir}: no such dataset folder; give a folder of class sub-folders")
         if self.out.exists() and not self.overwrite:
             raise TrainError(f"{self.out} already exists; choose another --out or add --overwrite")
-        if self.out == self.data_dir or self.data_dir in self.out.parents:
-            raise TrainError(
-                f"--out {self.out} is inside the dataset {self.data_dir}; write the run elsewhere"
-            )
+        # --overwrite replaces only a run directory edgecls wrote, never the data or the user's files.
+        check_replaceable(self.out, protect=(self.data_dir,))
+        check_writable(self.out, "--out")
 
     @property
     def pretrained(self) -> bool:

@@ -3,7 +3,7 @@
 Two layouts are read: ``DATA/<class>/*.jpg``, or ``DATA/train/<class>/…`` with optional ``val/`` and
 ``test/`` beside it. Splits that are missing are carved out of the training images, per class (so
 every split keeps the class proportions), with a seeded shuffle; the exact file lists go into
-``config.json`` and :func:`load_split` reads them back without TensorFlow.
+``config.json`` and :func:`edge_app.runtime.rundir.load_split` reads them back without TensorFlow.
 
 Pixels are decoded and resized by ``edge_app.runtime`` (OpenCV, EXIF-aware, INTER_AREA when
 shrinking): the very code the device runs, so the Keras-vs-TFLite comparison measures quantization,
@@ -12,7 +12,6 @@ not a resize mismatch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -22,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ImageError
-from trainer.config import TrainError
+from edge_app.runtime.errors import ImageError, TrainError
+from edge_app.runtime.rundir import SPLITS
 
 log = logging.getLogger("edgecls")
 
 # What the trainer reads; TIFF is left out on purpose: the tf-free device decoder reads it, but
 # leaf/camera datasets never use it and a stray .tif is more often a scan than a sample.
 TRAIN_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-SPLITS = ("train", "val", "test")
 # Below this many bytes of decoded pixels the cache stays in memory; above, it goes to a file.
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
 
@@ -223,41 +221,34 @@ def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed
     return Dataset(data_dir, labels, splits, source, skipped)
 
 
-def load_split(run_dir: str | os.PathLike, split: str) -> list[tuple[Path, int]]:
-    """The images of one split of a trained run, as ``(absolute path, class index)`` pairs.
-
-    Reads ``RUN/config.json`` only (no TensorFlow), so the converter can find calibration and
-    held-out test images.
-
-    Example:
-        >>> test = load_split("runs/potato", "test")
-        >>> test[0]
-        (PosixPath('/data/potato/Potato___healthy/x.jpg'), 2)
-    """
-    config_path = Path(run_dir) / "config.json"
-    if split not in SPLITS:
-        raise TrainError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError as e:
-        raise TrainError(
-            f"{config_path}: no such file; is {run_dir} a run directory from 'edgecls train'?"
-        ) from e
-    except (OSError, ValueError) as e:
-        raise TrainError(f"{config_path}: not readable JSON ({e}); train the run again") from e
-    return split_items(run_dir, config, split)
-
-
-def split_items(run_dir: str | os.PathLike, run_config: dict, split: str) -> list[tuple[Path, int]]:
-    """One split of an already-read ``config.json`` as ``(absolute path, class index)`` pairs; ``[]`` if absent.
-
-    The one reader of the ``splits`` format: ``[relative_path, class_index]`` under ``data_dir``.
-    """
-    data_dir = Path(run_config.get("data_dir", run_dir))
-    return [(data_dir / rel, int(index)) for rel, index in run_config.get("splits", {}).get(split, [])]
-
-
 # ----------------------------------------------------------------------------------------- tf.data
+
+
+def log_summary(dataset: Dataset) -> None:
+    """Classes, counts per split, skipped images and imbalance, on the log."""
+    counts = dataset.class_counts()
+    total = {label: sum(counts[s][label] for s in counts) for label in dataset.labels}
+    log.info(
+        "%d classes, %d images (train %d, val %d, test %d)%s",
+        len(dataset.labels),
+        sum(total.values()),
+        *(len(dataset.splits[s]) for s in ("train", "val", "test")),
+        f"; skipped {len(dataset.skipped)} unreadable" if dataset.skipped else "",
+    )
+    for label in dataset.labels:
+        log.info(
+            "  %-30s %6d  (train %d, val %d, test %d)",
+            label,
+            total[label],
+            *(counts[s][label] for s in ("train", "val", "test")),
+        )
+    most, least = max(total.values()), min(total.values())
+    if most >= 3 * least:
+        log.info(
+            "classes are imbalanced (%d:%d); --class-weights auto weighs them inversely to their counts",
+            most,
+            least,
+        )
 
 
 def load_pixels(path: str, size: int) -> np.ndarray:
@@ -265,7 +256,7 @@ def load_pixels(path: str, size: int) -> np.ndarray:
     from edge_app.runtime import InputSpec, preprocess, read_image
 
     spec = InputSpec(size, size, dtype=np.uint8)
-    return preprocess(read_image(path), spec)[0]
+    return preprocess(read_image(path, spec.decode_size), spec)[0]
 
 
 def decoded_dataset(paths: Sequence[str], targets: np.ndarray, size: int, cache: str | None = None):
@@ -314,29 +305,6 @@ def batched(decoded, batch_size: int, *, shuffle: bool = False, seed: int = 0, a
     if augment is not None:
         ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def image_dataset(
-    paths: Sequence[str],
-    targets: np.ndarray,
-    size: int,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    cache: str | None = None,
-    augment=None,
-):
-    """A streaming ``tf.data`` pipeline of ``(float32 pixels 0–255, class index)`` batches.
-
-    decode+resize (parallel, by ``edge_app.runtime``) → cache → shuffle → batch → augment → prefetch.
-
-    Example:
-        >>> ds = image_dataset(["a.jpg", "b.png"], np.array([0, 1]), 96, batch_size=2)
-    """
-    return batched(
-        decoded_dataset(paths, targets, size, cache), batch_size, shuffle=shuffle, seed=seed, augment=augment
-    )
 
 
 def cache_spec(num_images: int, size: int, work_dir: Path, name: str) -> str | None:

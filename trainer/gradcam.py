@@ -72,7 +72,7 @@ def write_overlays(
     """Write ``count`` overlays (misclassified first, then correct ones) as ``out_dir/NN_true_as_pred.png``."""
     import cv2
 
-    from edge_app.files import write_bytes
+    from edge_app.runtime.files import write_bytes
     from trainer.datasets import load_pixels
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.files import atomic_path, write_json, write_text
+from edge_app.runtime import rundir
+from edge_app.runtime.files import atomic_path, write_json, write_text
 
 log = logging.getLogger("edgecls")
 
@@ -70,10 +71,10 @@ def write_run(run_dir: Path, config, dataset, metrics_: dict, model, test_probs:
     """Write everything but ``model.keras`` and ``history.csv`` into ``run_dir``."""
     from trainer import gradcam
 
-    write_text(run_dir / "labels.txt", "".join(f"{label}\n" for label in dataset.labels))
-    write_json(run_dir / "config.json", config_record(config, dataset, model))
-    write_json(run_dir / "metrics.json", metrics_)
-    history = read_history(run_dir / "history.csv")
+    write_text(run_dir / rundir.LABELS, "".join(f"{label}\n" for label in dataset.labels))
+    write_json(run_dir / rundir.CONFIG, config_record(config, dataset, model))
+    write_json(run_dir / rundir.METRICS, metrics_)
+    history = read_history(run_dir / rundir.HISTORY)
     plot_curves(history, run_dir / "curves.png")
     plot_confusion(np.array(metrics_["confusion_matrix"]), dataset.labels, run_dir / "confusion.png")
     test = list(zip(dataset.paths("test"), dataset.targets("test"), strict=True))

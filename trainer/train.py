@@ -22,13 +22,15 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_app.runtime import rundir
 from trainer.callbacks import TrainingCallbacks
 from trainer.config import TrainConfig, TrainError
-from trainer.datasets import Dataset, batched, cache_spec, decoded_dataset, make_augmenter, scan
+from trainer.datasets import Dataset, batched, cache_spec, decoded_dataset, log_summary, make_augmenter, scan
 
 log = logging.getLogger("edgecls")
 
@@ -49,7 +51,7 @@ def run(config: TrainConfig) -> Path:
         True
     """
     dataset = scan(config.data_dir, config.val_split, config.test_split, config.seed)
-    _log_dataset(dataset)
+    log_summary(dataset)
     work = config.out.parent / f".{config.out.name}.partial"
     if work.exists():
         shutil.rmtree(work)  # left by a run that was killed hard; ours, by its name
@@ -67,70 +69,90 @@ def run(config: TrainConfig) -> Path:
     return config.out
 
 
-def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> BaseException | None:
-    import keras
-    import tensorflow as tf
+@dataclass
+class Pipelines:
+    """The tf.data views of one run's splits, decoded once (cached) and shared by every stage."""
 
-    from trainer import report
+    train_plain: object  # batched, in order: the frozen stage's feature pass
+    train_fit: object  # shuffled and augmented: what fit() trains on
+    val: object
+    test: object
+    y: dict[str, np.ndarray]
+    class_weight: dict[int, float] | None
+
+
+def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> BaseException | None:
+    """Build, fit (keeping the best epoch), evaluate and write the run into ``work``; returns an interrupt, if any."""
     from trainer.backbones import build_classifier
 
-    keras.utils.set_random_seed(config.seed)
-    if not tf.config.list_physical_devices("GPU"):
-        # Same seed, same data -> same metrics on CPU. On a GPU some kernels have no deterministic
-        # version (TF would raise), so there only the split and initialization are reproducible.
-        tf.config.experimental.enable_op_determinism()
+    _seed(config.seed)
     scratch = work / ".scratch"
     scratch.mkdir()
     model, backbone = build_classifier(config, len(dataset.labels))
     # A bad --fine-tune-at must fail now, not after the frozen stage has run for an hour.
     fine_tune_from = _fine_tune_from(backbone, config) if config.pretrained and config.fine_tune_epochs else 0
+    data = _pipelines(config, dataset, scratch)
+    best_path = scratch / "best.weights.h5"
+    callbacks = TrainingCallbacks(config, model, best_path, work / rundir.HISTORY)
+    timing, interrupted = _fit_keeping_the_best(config, model, backbone, fine_tune_from, data, callbacks, best_path)
+    _restore_best(model, best_path)
+    metrics, test_probs = _evaluate(model, data, dataset.labels)
+    metrics |= {"timing": timing, "epochs_trained": callbacks.epochs_done, "best_epoch": callbacks.best_epoch(),
+                "interrupted": interrupted is not None}
+    from trainer import report
+
+    _save_inference_model(model, work / rundir.KERAS_MODEL)
+    report.write_run(work, config, dataset, metrics, model, test_probs)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return interrupted
+
+
+def _seed(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if not tf.config.list_physical_devices("GPU"):
+        # Same seed, same data -> same metrics on CPU. On a GPU some kernels have no deterministic
+        # version (TF would raise), so there only the split and initialization are reproducible.
+        tf.config.experimental.enable_op_determinism()
+
+
+def _pipelines(config: TrainConfig, dataset: Dataset, scratch: Path) -> Pipelines:
     size = int(config.image_size)
     y = {s: dataset.targets(s) for s in ("train", "val", "test")}
 
     def decoded(split: str):
-        return decoded_dataset(
-            dataset.paths(split), y[split], size, cache_spec(len(y[split]), size, scratch, split)
-        )
+        return decoded_dataset(dataset.paths(split), y[split], size, cache_spec(len(y[split]), size, scratch, split))
 
     train = decoded("train")
-    train_plain = batched(train, config.batch_size)
-    train_fit = batched(
-        train,
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        augment=make_augmenter(config.seed) if config.augment else None,
+    augment = make_augmenter(config.seed) if config.augment else None
+    return Pipelines(
+        train_plain=batched(train, config.batch_size),
+        train_fit=batched(train, config.batch_size, shuffle=True, seed=config.seed, augment=augment),
+        val=batched(decoded("val"), config.batch_size),
+        test=batched(decoded("test"), config.batch_size),
+        y=y,
+        class_weight=_class_weights(y["train"], len(dataset.labels)) if config.class_weights == "auto" else None,
     )
-    val = batched(decoded("val"), config.batch_size)
-    class_weight = _class_weights(y["train"], len(dataset.labels)) if config.class_weights == "auto" else None
-    best_path = scratch / "best.weights.h5"
-    callbacks = TrainingCallbacks(config, model, best_path, work / "history.csv")
+
+
+def _fit_keeping_the_best(config, model, backbone, fine_tune_from: int, data: Pipelines, callbacks,
+                          best_path: Path) -> tuple[dict, BaseException | None]:
+    """Fit every stage; Ctrl-C/SIGTERM keeps the best checkpoint so far when there is one."""
     interrupted = None
     # Live progress bars on a terminal; one line per epoch in logs and CI (verbose=2).
     verbose = 0 if log.getEffectiveLevel() > logging.INFO else 1 if sys.stderr.isatty() else 2
     # Keras prints progress bars on stdout; ours is for results, so they go to stderr.
     with contextlib.redirect_stdout(sys.stderr), callbacks.stop.installed():
         try:
-            timing = _fit_stages(
-                config,
-                model,
-                backbone,
-                fine_tune_from,
-                train_plain,
-                train_fit,
-                val,
-                y,
-                class_weight,
-                callbacks,
-                verbose,
-            )
+            timing = _fit_stages(config, model, backbone, fine_tune_from, data, callbacks, verbose)
         except KeyboardInterrupt as e:
             print(file=sys.stderr)  # end the progress bar's line
             if not best_path.exists():
                 raise
             log.warning("interrupted: stopping training and keeping the best model so far")
-            interrupted = e
-            timing = {}
+            interrupted, timing = e, {}
         except BaseException:
             print(file=sys.stderr)
             raise
@@ -138,62 +160,53 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
             if not best_path.exists():
                 raise callbacks.stop.exception
             interrupted = callbacks.stop.exception
-    if best_path.exists():
-        # The best epoch over both stages, not just the last stage's restore.
-        try:
-            with warnings.catch_warnings():
-                # The checkpoint may predate this stage's optimizer; only layer weights matter here.
-                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-                model.load_weights(best_path)
-        except Exception as e:  # a Ctrl-C in the middle of writing it
-            log.warning("the best checkpoint is unreadable (%s); keeping the weights of the last epoch", e)
+    return timing, interrupted
+
+
+def _restore_best(model, best_path: Path) -> None:
+    """Load the best epoch over both stages, not just the last stage's restore."""
+    if not best_path.exists():
+        return
+    try:
+        with warnings.catch_warnings():
+            # The checkpoint may predate this stage's optimizer; only layer weights matter here.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(best_path)
+    except Exception as e:  # a Ctrl-C in the middle of writing it
+        log.warning("the best checkpoint is unreadable (%s); keeping the weights of the last epoch", e)
+
+
+def _evaluate(model, data: Pipelines, labels: list[str]) -> tuple[dict, np.ndarray]:
+    """Test metrics with the validation chance check, and the test scores (for the report's plots)."""
+    from trainer import report
+
+    y = data.y
     log.info("evaluating on %d validation and %d test images", len(y["val"]), len(y["test"]))
-    probs = {
-        s: model.predict(ds, verbose=0)
-        for s, ds in (("val", val), ("test", batched(decoded("test"), config.batch_size)))
-    }
-    metrics = report.metrics(y["test"], probs["test"], dataset.labels)
-    metrics["validation"] = report.chance_check(y["val"], probs["val"], dataset.labels)
-    if not metrics["validation"]["learned"]:
-        v = metrics["validation"]
-        log.warning(
-            "%s\nWARNING: THE MODEL DID NOT LEARN. Validation accuracy %.1f%% is no better than always "
-            "answering %r (%.1f%%).\n%s",
-            "!" * 78,
-            100 * v["accuracy"],
-            v["majority_label"],
-            100 * v["chance_accuracy"],
-            "!" * 78,
-        )
-    metrics["timing"] = timing
-    metrics["epochs_trained"] = callbacks.epochs_done
-    metrics["best_epoch"] = callbacks.best_epoch()
-    metrics["interrupted"] = interrupted is not None
-    _save_inference_model(model, work / "model.keras")
-    report.write_run(work, config, dataset, metrics, model, probs["test"])
-    shutil.rmtree(scratch, ignore_errors=True)
-    return interrupted
+    probs = {"val": model.predict(data.val, verbose=0), "test": model.predict(data.test, verbose=0)}
+    metrics = report.metrics(y["test"], probs["test"], labels)
+    metrics["validation"] = v = report.chance_check(y["val"], probs["val"], labels)
+    if not v["learned"]:
+        log.warning("%s\nWARNING: THE MODEL DID NOT LEARN. Validation accuracy %.1f%% is no better than always "
+                    "answering %r (%.1f%%).\n%s", "!" * 78, 100 * v["accuracy"], v["majority_label"],
+                    100 * v["chance_accuracy"], "!" * 78)
+    return metrics, probs["test"]
 
 
-def _fit_stages(
-    config, model, backbone, fine_tune_from, train_plain, train_fit, val, y, class_weight, callbacks, verbose
-) -> dict:
+def _fit_stages(config, model, backbone, fine_tune_from: int, data: Pipelines, callbacks, verbose: int) -> dict:
     """Run the frozen and fine-tuning stages (pretrained) or the single from-scratch stage."""
     timing: dict = {}
-    fit = dict(validation_data=val, class_weight=class_weight, shuffle=False, verbose=verbose)
+    fit = dict(validation_data=data.val, class_weight=data.class_weight, shuffle=False, verbose=verbose)
     if not config.pretrained:
         _compile(model, config.learning_rate)
-        model.fit(train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("scratch"), **fit)
+        model.fit(data.train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("scratch"), **fit)
         return {"scratch_epoch_s": callbacks.median_epoch_s("scratch")}
     if config.epochs:
         backbone.trainable = False
         if _use_feature_cache(config):
-            timing |= _fit_head_on_features(
-                model, train_plain, val, y, config, class_weight, callbacks, verbose
-            )
+            timing |= _fit_head_on_features(model, data, config, callbacks, verbose)
         else:
             _compile(model, config.learning_rate)
-            model.fit(train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("frozen"), **fit)
+            model.fit(data.train_fit, epochs=config.epochs, callbacks=callbacks.for_stage("frozen"), **fit)
             timing["feature_cache"] = False
         timing["frozen_epoch_s"] = callbacks.median_epoch_s("frozen")
     if config.fine_tune_epochs and callbacks.stop.exception is None:
@@ -209,7 +222,7 @@ def _fit_stages(
         _compile(model, config.fine_tune_learning_rate)
         done = callbacks.epochs_done
         model.fit(
-            train_fit,
+            data.train_fit,
             initial_epoch=done,
             epochs=done + config.fine_tune_epochs,
             callbacks=callbacks.for_stage("fine_tune"),
@@ -236,8 +249,10 @@ def _use_feature_cache(config: TrainConfig) -> bool:
     return not (config.augment and config.fine_tune_epochs == 0)
 
 
-def _fit_head_on_features(model, train_plain, val, y, config, class_weight, callbacks, verbose) -> dict:
+def _fit_head_on_features(model, data: Pipelines, config, callbacks, verbose: int) -> dict:
     import keras
+
+    y = data.y
 
     features = keras.Model(model.input, model.get_layer("dropout").input)
     start = time.perf_counter()
@@ -246,8 +261,8 @@ def _fit_head_on_features(model, train_plain, val, y, config, class_weight, call
         len(y["train"]),
         len(y["val"]),
     )
-    f_train = features.predict(train_plain, verbose=verbose)
-    f_val = features.predict(val, verbose=0)
+    f_train = features.predict(data.train_plain, verbose=verbose)
+    f_val = features.predict(data.val, verbose=0)
     extract_s = time.perf_counter() - start
     head_in = keras.Input(f_train.shape[1:], name="features")
     head = keras.Model(
@@ -261,7 +276,7 @@ def _fit_head_on_features(model, train_plain, val, y, config, class_weight, call
         epochs=config.epochs,
         shuffle=True,
         validation_data=(f_val, y["val"]),
-        class_weight=class_weight,
+        class_weight=data.class_weight,
         callbacks=callbacks.for_stage("frozen"),
         verbose=verbose,
     )
@@ -325,32 +340,6 @@ def _class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
 
     weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=targets)
     return {i: float(w) for i, w in enumerate(weights)}
-
-
-def _log_dataset(dataset: Dataset) -> None:
-    counts = dataset.class_counts()
-    total = {label: sum(counts[s][label] for s in counts) for label in dataset.labels}
-    log.info(
-        "%d classes, %d images (train %d, val %d, test %d)%s",
-        len(dataset.labels),
-        sum(total.values()),
-        *(len(dataset.splits[s]) for s in ("train", "val", "test")),
-        f"; skipped {len(dataset.skipped)} unreadable" if dataset.skipped else "",
-    )
-    for label in dataset.labels:
-        log.info(
-            "  %-30s %6d  (train %d, val %d, test %d)",
-            label,
-            total[label],
-            *(counts[s][label] for s in ("train", "val", "test")),
-        )
-    most, least = max(total.values()), min(total.values())
-    if most >= 3 * least:
-        log.info(
-            "classes are imbalanced (%d:%d); --class-weights auto weighs them inversely to their counts",
-            most,
-            least,
-        )
 
 
 def _publish(work: Path, out: Path, overwrite: bool) -> None:

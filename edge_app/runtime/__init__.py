@@ -3,13 +3,15 @@
 Everything that runs a model, on the device or on the host, goes through here.
 """
 
-from edge_app.runtime.artifact import ModelArtifact, embed_metadata, read_artifact, resolve_model
+from edge_app.runtime.artifact import ModelArtifact, embed_metadata, read_artifact
 from edge_app.runtime.classifier import ImageClassifier
+from edge_app.runtime.images import list_images, read_image
 from edge_app.runtime.interpreter import EDGETPU_LIBS, default_num_threads, load_runtime, make_interpreter
 from edge_app.runtime.labels import match_labels, parse_labels, read_labels
 from edge_app.runtime.postprocess import Classification, output_scores, softmax, top_k
-from edge_app.runtime.preprocess import InputSpec, list_images, preprocess, read_image
+from edge_app.runtime.preprocess import InputSpec, preprocess
 from edge_app.runtime.quant import dequantize, quantize
+from edge_app.runtime.rundir import resolve_model
 
 __all__ = [
     "EDGETPU_LIBS", "Classification", "ImageClassifier", "InputSpec", "ModelArtifact", "default_num_threads",

@@ -16,16 +16,13 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_app.errors import ModelError
+from edge_app.runtime.errors import ModelError
 from edge_app.runtime.labels import parse_labels
 
 METADATA_NAME = "edgecls.json"
 LABELS_NAME = "labels.txt"
 TFLITE_IDENTIFIER = b"TFL3"
 EDGETPU_OP = b"edgetpu-custom-op"
-# Which model a run directory means, best first (an Edge TPU run takes the compiled one).
-RUN_MODELS = ("model_int8.tflite", "model_fp16.tflite", "model_fp32.tflite", "model_dynamic.tflite")
-RUN_MODELS_EDGETPU = ("model_int8_edgetpu.tflite",)
 
 
 @dataclass(frozen=True)
@@ -41,23 +38,6 @@ class ModelArtifact:
 def is_tflite(data: bytes) -> bool:
     """True for a TFLite flatbuffer (file identifier ``TFL3`` at byte 4)."""
     return len(data) >= 8 and data[4:8] == TFLITE_IDENTIFIER
-
-
-def resolve_model(model: str | Path, device: str = "cpu") -> Path:
-    """The ``.tflite`` file that ``model`` names: the file itself, or the best one in a run directory."""
-    path = Path(model)
-    if path.is_dir():
-        names = (RUN_MODELS_EDGETPU + RUN_MODELS) if device.startswith("edgetpu") else RUN_MODELS
-        for name in names:
-            if (path / name).is_file():
-                return path / name
-        found = sorted(path.glob("*.tflite"))
-        if found:
-            return found[0]
-        raise ModelError(f"{path} holds no .tflite model; convert the run first: edgecls convert {path}")
-    if not path.exists():
-        raise ModelError(f"model {path} does not exist; pass a .tflite file or a run directory")
-    return path
 
 
 def read_artifact(model: str | Path) -> ModelArtifact:

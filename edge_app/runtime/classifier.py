@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ModelError
-from edge_app.runtime.artifact import ModelArtifact, read_artifact, resolve_model
+from edge_app.runtime.artifact import ModelArtifact, read_artifact
+from edge_app.runtime.errors import ModelError
+from edge_app.runtime.images import read_image
 from edge_app.runtime.interpreter import default_num_threads, load_runtime, make_interpreter
 from edge_app.runtime.labels import match_labels, read_labels
-from edge_app.runtime.postprocess import Classification, output_scores, top_k
+from edge_app.runtime.postprocess import Classification, output_scores
+from edge_app.runtime.postprocess import top_k as best_classes
 from edge_app.runtime.preprocess import InputSpec, preprocess
+from edge_app.runtime.rundir import LABELS, resolve_model
 
 log = logging.getLogger("edgecls")
 
@@ -25,7 +28,7 @@ class ImageClassifier:
 
     Example:
         >>> clf = ImageClassifier("mobilenet_v2_1.0_224_quant.tflite", num_threads=2)
-        >>> clf.classify(read_image("parrot.jpg"), k=1)[0].label
+        >>> clf.classify(read_image("parrot.jpg"), top_k=1)[0].label
         'macaw'
     """
 
@@ -59,7 +62,7 @@ class ImageClassifier:
             return match_labels(read_labels(labels), self.num_classes, str(labels))
         if self.artifact.labels:
             return match_labels(self.artifact.labels, self.num_classes, f"the labels embedded in {self.path.name}")
-        beside = self.path.parent / "labels.txt"
+        beside = self.path.parent / LABELS
         if beside.is_file():
             return match_labels(read_labels(beside), self.num_classes, str(beside))
         log.warning("no labels for %s: showing class indices. Pass --labels FILE", self.path.name)
@@ -70,10 +73,18 @@ class ImageClassifier:
         """``(height, width)`` the model takes."""
         return self.spec.height, self.spec.width
 
+    def read_image(self, path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+        """Decode an image file for this model: a large JPEG at the smallest scale that still covers its input."""
+        return read_image(path, self.spec.decode_size, max_pixels)
+
     def set_input(self, image: np.ndarray, image_order: str = "RGB") -> None:
         """Pre-process ``image`` (uint8 ``(H, W, 3)``) into the interpreter's input."""
         preprocess(image, self.spec, out=self._input, image_order=image_order)
-        self.interpreter.set_tensor(self.input_detail["index"], self._input)
+        self.set_tensor(self._input)
+
+    def set_tensor(self, tensor: np.ndarray) -> None:
+        """Set an already pre-processed input tensor (``spec.new_buffer()``-shaped)."""
+        self.interpreter.set_tensor(self.input_detail["index"], tensor)
 
     def invoke(self) -> None:
         self.interpreter.invoke()
@@ -83,15 +94,16 @@ class ImageClassifier:
         raw = self.interpreter.get_tensor(self.output_detail["index"])
         return output_scores(raw, self.output_detail, self.probabilities)
 
-    def top(self, scores: np.ndarray, k: int = 5, score_threshold: float = 0.0) -> list[Classification]:
-        return [Classification(i, s, self.labels[i]) for i, s in top_k(scores, k, score_threshold)]
+    def top(self, scores: np.ndarray, top_k: int = 5, score_threshold: float = 0.0) -> list[Classification]:
+        """The best ``top_k`` classes of ``scores``, ties to the lower class index (see :func:`top_k`)."""
+        return [Classification(i, s, self.labels[i]) for i, s in best_classes(scores, top_k, score_threshold)]
 
-    def classify(self, image: np.ndarray, k: int = 5, score_threshold: float = 0.0,
+    def classify(self, image: np.ndarray, top_k: int = 5, score_threshold: float = 0.0,
                  image_order: str = "RGB") -> list[Classification]:
-        """Top-``k`` classes of one image, best first."""
+        """The best ``top_k`` classes of one image, best first."""
         self.set_input(image, image_order)
         self.invoke()
-        return self.top(self.scores(), k, score_threshold)
+        return self.top(self.scores(), top_k, score_threshold)
 
     def describe(self) -> dict:
         """Facts for logs and reports: runtime, delegate, threads, model and its input."""

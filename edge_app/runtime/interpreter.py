@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.errors import DelegateError, ModelError
 from edge_app.runtime.artifact import EDGETPU_OP, ModelArtifact, read_artifact
+from edge_app.runtime.errors import DelegateError, ModelError, first_line
 
 log = logging.getLogger("edgecls")
 
@@ -104,7 +104,7 @@ def load_edgetpu_delegate(runtime: Runtime, which: str | None = None):
         try:
             return runtime.load_delegate(lib, options)
         except (OSError, ValueError, RuntimeError) as e:
-            failure = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            failure = first_line(e)
         gc.collect()
     finally:
         sys.unraisablehook = hook
@@ -147,9 +147,13 @@ def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num
                 model_path=str(path), experimental_delegates=delegates or None, num_threads=threads)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
+        if "flatbuffer" in reason.lower():
+            # A verifier failure: the bytes are damaged, not too new.
+            raise ModelError(f"{path} is damaged ({reason}; {path.stat().st_size} bytes): it was probably truncated "
+                             "while copying; copy it again, or convert it again") from e
         raise ModelError(f"{runtime.name} {runtime.version} cannot load {path}: {reason}. "
-                         "Was it made for a newer runtime? Upgrade: pip install -U ai-edge-litert") from e
+                         "If it uses ops this runtime lacks, upgrade it: pip install -U ai-edge-litert") from e
     log.debug("interpreter: %s %s, device %s, %d threads", runtime.name, runtime.version, device, threads)
     return interpreter
 

@@ -6,7 +6,7 @@ import logging
 import re
 from pathlib import Path
 
-from edge_app.errors import LabelsError
+from edge_app.runtime.errors import LabelsError
 
 log = logging.getLogger("edgecls")
 

@@ -49,10 +49,17 @@ def output_scores(raw: np.ndarray, detail: dict, probabilities: bool | None = No
 
 
 def top_k(scores: np.ndarray, k: int = 5, score_threshold: float = 0.0) -> list[tuple[int, float]]:
-    """The ``k`` best ``(index, score)`` pairs with ``score >= score_threshold``, best first."""
-    k = min(k, scores.size)
-    if k <= 0:
+    """The ``k`` best ``(index, score)`` pairs with ``score >= score_threshold``, best first.
+
+    Equal scores (frequent in quantized outputs) go to the lower class index, as ``numpy.argmax``
+    does: the converter's checks, ``classify``, ``run`` and ``bench`` all pick the same top-1.
+
+    Example:
+        >>> top_k(np.array([0.25, 0.5, 0.25]), k=2)
+        [(1, 0.5), (0, 0.25)]
+    """
+    if k <= 0 or scores.size == 0:
         return []
-    best = np.argpartition(-scores, k - 1)[:k]
-    best = best[np.argsort(-scores[best], kind="stable")]
+    # A stable sort keeps ties in index order; argpartition would break them arbitrarily.
+    best = np.argsort(-scores, kind="stable")[:k]
     return [(int(i), float(scores[i])) for i in best if scores[i] >= score_threshold]

@@ -1,23 +1,19 @@
 """Pre-processing driven by the model's own input details: size, channels, dtype, quantization.
 
-Images are RGB ``uint8`` arrays ``(H, W, 3)`` everywhere in edgecls; :func:`read_image` makes
-them from files, sources make them from frames. :func:`preprocess` turns one into the model's
+Images are RGB ``uint8`` arrays ``(H, W, 3)`` everywhere in edgecls;
+:func:`edge_app.runtime.images.read_image` makes them from files, sources make them from frames. :func:`preprocess` turns one into the model's
 input tensor, writing into a caller's preallocated buffer so the live loop allocates nothing
 for uint8 models.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from edge_app.errors import ImageError, ModelError
+from edge_app.runtime.errors import ImageError, ModelError
 from edge_app.runtime.quant import quantize
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -86,6 +82,12 @@ class InputSpec:
     def normalization_known(self) -> bool:
         return self.mean is not None
 
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """``(height, width)`` an image must keep when decoded at reduced size, so the crop still covers the input."""
+        crop = self.center_crop or 1.0
+        return int(np.ceil(self.height / crop)), int(np.ceil(self.width / crop))
+
     def new_buffer(self) -> np.ndarray:
         """A zeroed input tensor ``(1, H, W, C)`` to pass to :func:`preprocess` as ``out``."""
         return np.zeros((1, self.height, self.width, self.channels), self.dtype)
@@ -113,44 +115,6 @@ def _per_channel(value, channels: int) -> tuple[float, ...] | None:
     if len(values) != channels:
         raise ModelError(f"normalization {value} has {len(values)} values; the model has {channels} channels")
     return tuple(values)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB ``uint8``, respecting JPEG EXIF orientation.
-
-    Grayscale and RGBA images become RGB (alpha is dropped, as PIL's ``convert("RGB")`` does),
-    16-bit images are scaled to 8 bits. Every failure is an :class:`ImageError` naming the file.
-    """
-    import cv2
-
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise ImageError(f"{path}: no such file; check the path") from e
-    except IsADirectoryError as e:
-        raise ImageError(f"{path} is a folder, not an image") from e
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read it ({e.strerror}); check its permissions") from e
-    if not data:
-        raise ImageError(f"{path}: the file is empty (0 bytes); copy it again or remove it")
-    buffer = np.frombuffer(data, np.uint8)
-    image = None
-    try:
-        # IMREAD_COLOR_RGB (OpenCV >= 4.11) applies EXIF orientation, expands gray, drops alpha
-        # and scales 16-bit down; older OpenCV gets the same from IMREAD_COLOR plus a swap.
-        if hasattr(cv2, "IMREAD_COLOR_RGB"):
-            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB)
-        else:
-            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-            if image is not None:
-                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    except cv2.error:
-        image = None
-    if image is None or image.size == 0:
-        raise ImageError(f"{path}: not a readable image (corrupt, truncated, too large or not "
-                         "JPEG/PNG/BMP/WebP/TIFF); re-export it or remove it")
-    return image
 
 
 def preprocess(image: np.ndarray, spec: InputSpec, out: np.ndarray | None = None,
@@ -208,11 +172,3 @@ def _center_crop(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     box_w, box_h = max(1, round(box_w * spec.center_crop)), max(1, round(box_h * spec.center_crop))
     top, left = (h - box_h) // 2, (w - box_w) // 2
     return image[top:top + box_h, left:left + box_w]
-
-
-def list_images(path: str | os.PathLike) -> list[Path]:
-    """Image files in a folder (sorted), or the path itself for a file."""
-    path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return [path]

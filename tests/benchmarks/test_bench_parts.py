@@ -18,6 +18,7 @@ from benchmarks.latency import infer_quant, latency_stats, measure_latency
 from benchmarks.pipeline import stage_summary
 from benchmarks.report import compare, compare_table, device_line
 from edge_app.runtime import embed_metadata, make_interpreter, read_artifact
+from edge_app.runtime.errors import EdgeclsError
 
 
 def test_latency_stats_match_numpy():
@@ -39,8 +40,11 @@ def test_stage_summary_skips_missing_values():
 def test_threads_parsing():
     assert parse_threads("1, 2,2,4") == (1, 2, 4)
     assert parse_threads(None) is None
-    with pytest.raises(BenchError, match="got 0"):
+    # The shared validator (edge_app.runtime.errors.check_threads): at least 1, at most the cores.
+    with pytest.raises(EdgeclsError, match="got 0"):
         parse_threads("1,0")
+    with pytest.raises(EdgeclsError, match="more than the .* cores"):
+        parse_threads("1,3000")
     with pytest.raises(BenchError, match="whole numbers"):
         parse_threads("1.5")
     with pytest.raises(BenchError, match="--runs"):
@@ -64,9 +68,11 @@ def test_quant_from_metadata_name_and_tensor_types(shared, tmp_path):
     tagged = tmp_path / "coral.tflite"
     tagged.write_bytes(embed_metadata(data, {"quant": "int8"}, read_artifact(IMAGENET_MODEL).labels))
     assert infer_quant(read_artifact(tagged)) == "int8"
+    # The file name does not decide: Coral's uint8 model renamed model_fp16.tflite stays uint8.
     named = tmp_path / "model_fp16.tflite"
     shutil.copy(IMAGENET_MODEL, named)
-    assert infer_quant(read_artifact(named)) == "fp16"
+    assert infer_quant(read_artifact(named), make_interpreter(named, num_threads=1)) == "uint8"
+    assert infer_quant(read_artifact(named)) == "unknown"
 
 
 def test_duration_mode_fills_the_time(shared):
@@ -132,7 +138,7 @@ def test_a_model_named_twice_is_measured_once(shared, tmp_path):
 def test_readme_inputs_from_the_real_photos(shared, tmp_path):
     import cv2
 
-    from benchmarks.samples import write_clip, write_labelled
+    from scripts.samples import write_clip, write_labelled
 
     labelled = write_labelled(tmp_path / "labelled", IMAGES)
     assert sorted(p.relative_to(labelled).as_posix() for p in labelled.rglob("*.*")) == [

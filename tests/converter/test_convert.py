@@ -40,7 +40,7 @@ def test_every_target_is_written_and_loads_in_the_runtime(converted):
         classifier = ImageClassifier(path, num_threads=1)  # no --labels: they travel inside the model
         assert classifier.labels == LABELS
         assert classifier.input_size == (SIZE, SIZE)
-        top = classifier.classify(read_image(next((run_dir.parent / "data" / "test" / LABELS[1]).iterdir())), k=3)
+        top = classifier.classify(read_image(next((run_dir.parent / "data" / "test" / LABELS[1]).iterdir())), top_k=3)
         assert len(top) == 3 and abs(sum(c.score for c in top) - 1) < 0.02
         artifact = read_artifact(path)
         assert artifact.metadata["quant"] == quant

@@ -260,3 +260,23 @@ def test_int8_hard_swish_is_flagged_and_found_outside_xnnpack(tmp_path):
     assert facts["int8"].op_counts["HARD_SWISH"] == 2 and facts["int8"].full_integer
     assert "2 int8 HARD_SWISH op(s)" in facts["int8"].warnings[0]
     assert facts["int8"].cpu_fallback_ops["HARD_SWISH"] == 2 and facts["int8"].xnnpack_partitions >= 2
+
+
+@pytest.mark.skipif(not __import__("support").can_unshare(), reason="needs root and unshare(1) for a read-only run")
+def test_a_read_only_run_fails_before_converting(tmp_path, run_dir):
+    import shutil
+    import time
+
+    from support import run_cli_read_only
+
+    locked = tmp_path / "locked"
+    shutil.copytree(run_dir, locked)
+    before = sorted(p.name for p in locked.iterdir())
+    started = time.monotonic()
+    result = run_cli_read_only(locked, "convert", locked, "--quant", "int8")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("edgecls convert: error:")]
+    assert len(error) == 1 and "Read-only file system" in error[0] and "--out" in error[0], result.stderr
+    assert "loading" not in result.stderr, "it started converting before checking the output"
+    assert time.monotonic() - started < 30
+    assert sorted(p.name for p in locked.iterdir()) == before

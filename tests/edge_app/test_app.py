@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from support import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO
 
-from edge_app.app import AppConfig, run
-from edge_app.errors import EdgeclsError, SourceError
+from edge_app.live.app import AppConfig, run
+from edge_app.live.sources import FrameSource, VideoFileSource
 from edge_app.runtime import ImageClassifier, read_image
-from edge_app.sources import FrameSource, VideoFileSource
+from edge_app.runtime.errors import EdgeclsError, SourceError
 
 PARROT, HOPPER = "macaw", "military uniform"
 
@@ -215,7 +215,7 @@ def test_picamera_source_with_a_fake_picamera2(monkeypatch, tmp_path, lores_rgb,
         # Same pixels through the RGB path give the same score: the BGR frames were swapped, not misread.
         clf = ImageClassifier(IMAGENET_MODEL, num_threads=2)
         reference = clf.classify(cv2.resize(read_image(IMAGES / "parrot.jpg"), (224, 224),
-                                            interpolation=cv2.INTER_AREA), k=1)[0]
+                                            interpolation=cv2.INTER_AREA), top_k=1)[0]
         assert frames[0]["score"] == pytest.approx(reference.score, abs=1e-4)
 
 
@@ -288,10 +288,10 @@ def test_picamera_main_stream_is_captured_only_while_someone_watches(monkeypatch
 def test_the_live_app_runs_without_tensorflow(tmp_path, shared):
     """On a Pi there is no TensorFlow: every part of `run` (web view, log, evidence) must do without it."""
     code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
-            "from edge_app.cli import EDGE_COMMANDS, main\n"
-            f"sys.exit(main(EDGE_COMMANDS, ['run', {str(IMAGENET_MODEL)!r}, '--source', {str(IMAGES)!r}, "
+            "from edgecls.cli import EDGE_COMMANDS, main\n"
+            f"sys.exit(main(['run', {str(IMAGENET_MODEL)!r}, '--source', {str(IMAGES)!r}, "
             f"'--web', '127.0.0.1:0', '--log', {str(tmp_path / 'l.jsonl')!r}, '--save-frames', "
-            f"{str(tmp_path / 'ev')!r}, '--save-every', '60', '--top-k', '2', '--smooth', '2']))")
+            f"{str(tmp_path / 'ev')!r}, '--save-every', '60', '--top-k', '2', '--smooth', '2'], EDGE_COMMANDS))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     _, frames, _ = read_log(tmp_path / "l.jsonl")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from support import can_unshare
 
-from edge_app.app import AppConfig
-from edge_app.errors import EdgeclsError
-from edge_app.sinks import DisplayError, JsonlLog, OverlayWindow, Result, draw_overlay
-from edge_app.smoothing import Smoother
+from edge_app.live.app import AppConfig
+from edge_app.live.sinks import DisplayError, JsonlLog, OverlayWindow, Result, draw_overlay
+from edge_app.live.smoothing import Smoother
+from edge_app.runtime.errors import EdgeclsError
 
 
 def test_log_rotates_by_size_and_every_file_starts_with_its_header(tmp_path):
@@ -43,7 +47,6 @@ def test_smoother_averages_the_last_n_and_resets():
 @pytest.mark.parametrize("bad, message", [
     ({"threshold": 1.5}, "--threshold"),
     ({"smooth": 0}, "--smooth"),
-    ({"display": True}, "contradict"),
     ({"save_when": ("macaw",)}, "--save-frames"),
     ({"web": "0.0.0.0:8080"}, "--allow-remote"),
     ({"max_frames": 0}, "--max-frames"),
@@ -53,7 +56,7 @@ def test_config_refuses_bad_values_with_the_flag_named(bad, message):
     with pytest.raises(EdgeclsError, match=message):
         AppConfig("m.tflite", **bad)
     assert AppConfig("m.tflite", save_frames="ev", save_when="a, b").save_when == ("a", "b")
-    assert AppConfig("m.tflite", display=True, headless=False).display
+    assert AppConfig("m.tflite", display=True).display
 
 
 def test_overlay_draws_label_score_and_fps():
@@ -74,7 +77,7 @@ def test_display_without_a_screen_says_what_to_use_instead(monkeypatch):
 def test_a_full_disk_drops_log_lines_but_never_stops_the_run(caplog, shared):
     from support import IMAGENET_MODEL, IMAGES
 
-    from edge_app.app import run
+    from edge_app.live.app import run
 
     stats = run(AppConfig(str(IMAGENET_MODEL), source=str(IMAGES), log="/dev/full"))  # every write: ENOSPC
     assert stats.frames == 4 and stats.stopped == "end"
@@ -94,7 +97,7 @@ def test_log_says_how_many_lines_were_lost_once_writing_works_again(tmp_path):
 
     # A disk that fills up, then gets space back.
     log._file = type("Flaky", (), {"write": staticmethod(write), "close": log._file.close,
-                                   "fileno": log._file.fileno})()
+                                   "fileno": log._file.fileno, "truncate": log._file.truncate})()
     for i in range(3):
         log.update(None, Result(i, 1.7e9, "macaw", 0.9))
     failing["on"] = False
@@ -106,8 +109,8 @@ def test_log_says_how_many_lines_were_lost_once_writing_works_again(tmp_path):
 
 
 def test_evidence_frames_are_rate_limited_per_label_and_capped(tmp_path):
-    from edge_app.sinks import FrameSaver
-    from edge_app.sources import Frame
+    from edge_app.live.sinks import FrameSaver
+    from edge_app.live.sources import Frame
 
     saver = FrameSaver(tmp_path / "ev", labels=("macaw", "uncertain"), min_interval_s=1.0, max_files=3)
     image = np.full((48, 64, 3), 128, np.uint8)
@@ -119,3 +122,62 @@ def test_evidence_frames_are_rate_limited_per_label_and_capped(tmp_path):
     # only the newest three are kept.
     assert saver.saved == 5 and len(names) == 3
     assert [n.split("_")[1] for n in names] == ["f000003", "f000005", "f000006"]
+
+
+def test_a_failed_write_is_cut_back_to_the_last_whole_line(tmp_path):
+    path = tmp_path / "run.jsonl"
+    log = JsonlLog(path, flush_s=0)
+    log.start({"model": "m.tflite"})
+    real, room = log._file, {"bytes": 30}  # room for part of one line, then the disk is full
+
+    class FillingDisk:
+        def write(self, data):
+            if room["bytes"] is None:
+                return real.write(data)
+            n = min(len(data), room["bytes"])
+            if n == 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            room["bytes"] -= n
+            return real.write(data[:n])  # a short write, as a filling disk gives
+
+        truncate, close, fileno = real.truncate, real.close, real.fileno
+
+    log._file = FillingDisk()
+    for i in range(3):
+        log.update(None, Result(i, 1.7e9, "macaw", 0.9))
+    assert path.read_bytes().endswith(b"}\n"), "half a line was left behind"
+    room["bytes"] = None  # space again
+    log.update(None, Result(3, 1.7e9, "macaw", 0.9))
+    log.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r.get("event") for r in records[1:3]] == ["log_lines_dropped", None]
+    assert records[1]["detail"] == "3" and records[2]["frame"] == 3
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs root and unshare(1) to mount a small tmpfs")
+def test_a_disk_that_fills_up_and_frees_leaves_only_whole_lines(tmp_path, shared):
+    from support import IMAGENET_MODEL, IMAGES
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+mount -t tmpfs -o size=128k tmpfs "{disk}" || exit 90
+head -c 118784 /dev/zero > "{disk}/filler"
+"{sys.executable}" -m edgecls run "{IMAGENET_MODEL}" --source "{IMAGES}" --loop --duration 8 --threads 1 \\
+    --log "{disk}/l.jsonl" -q &
+sleep 4
+rm "{disk}/filler"
+wait $!
+status=$?
+cp "{disk}/l.jsonl" "{tmp_path}/l.jsonl"
+exit $status
+"""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "l.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"", "the log ends in half a line"
+    records = [json.loads(line) for line in lines[:-1]]  # every line is whole JSON
+    dropped = [r for r in records if r.get("event") == "log_lines_dropped"]
+    assert dropped and int(dropped[0]["detail"]) > 0, "the full disk went unnoticed"
+    frames = [r["frame"] for r in records if "frame" in r]
+    assert frames == sorted(frames) and len(frames) > 10

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS
 
-from edge_app.errors import DelegateError, ImageError, LabelsError, ModelError
 from edge_app.runtime import (
     ImageClassifier,
     InputSpec,
@@ -22,6 +21,7 @@ from edge_app.runtime import (
     read_image,
     top_k,
 )
+from edge_app.runtime.errors import DelegateError, ImageError, LabelsError, ModelError
 from edge_app.runtime.interpreter import parse_device
 
 
@@ -32,7 +32,7 @@ def imagenet(shared):
 
 @pytest.mark.parametrize("image, label", [("parrot.jpg", "macaw"), ("grace_hopper.bmp", "military uniform")])
 def test_coral_imagenet_model_known_answers(imagenet, image, label):
-    top = imagenet.classify(read_image(IMAGES / image), k=3)
+    top = imagenet.classify(read_image(IMAGES / image), top_k=3)
     assert top[0].label == label
     assert top[0].score > 0.5
     assert [c.score for c in top] == sorted((c.score for c in top), reverse=True)
@@ -41,7 +41,7 @@ def test_coral_imagenet_model_known_answers(imagenet, image, label):
 def test_coral_bird_model_uses_embedded_labels(shared):
     clf = ImageClassifier(BIRD_MODEL, num_threads=2)
     assert len(clf.labels) == clf.num_classes == 965
-    top = clf.classify(read_image(IMAGES / "parrot.jpg"), k=1)
+    top = clf.classify(read_image(IMAGES / "parrot.jpg"), top_k=1)
     assert top[0].label == "Ara macao (Scarlet Macaw)"
     # uint8 softmax output: taken as probabilities, not squashed by a second softmax.
     assert top[0].score > 0.5
@@ -59,7 +59,7 @@ def test_thousand_labels_for_1001_outputs_take_background_offset(imagenet, tmp_p
     clf = ImageClassifier(IMAGENET_MODEL, labels=labels, num_threads=1)
     assert clf.labels[0] == "background" and clf.labels == imagenet.labels
     assert "background" in caplog.text
-    assert clf.classify(read_image(IMAGES / "parrot.jpg"), k=1)[0].label == "macaw"
+    assert clf.classify(read_image(IMAGES / "parrot.jpg"), top_k=1)[0].label == "macaw"
 
 
 def test_parse_labels_formats():
@@ -192,4 +192,4 @@ def test_embed_metadata_round_trip(shared, tmp_path):
     assert "imagenet_labels.txt" in zipfile.ZipFile(path).namelist()
     clf = ImageClassifier(path, num_threads=1)
     assert clf.spec.mean == (127.5,) * 3
-    assert clf.classify(read_image(IMAGES / "parrot.jpg"), k=1)[0].index == 89  # macaw's index
+    assert clf.classify(read_image(IMAGES / "parrot.jpg"), top_k=1)[0].index == 89  # macaw's index

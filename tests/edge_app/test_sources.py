@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 from support import IMAGES
 
-from edge_app.errors import SourceError
-from edge_app.feeds import FileFeed, LiveFeed
-from edge_app.runtime import read_image
-from edge_app.sources import (
+from edge_app.live.feeds import FileFeed, LiveFeed
+from edge_app.live.sources import (
     Frame,
     FrameSource,
     ImageFolderSource,
@@ -24,6 +22,8 @@ from edge_app.sources import (
     open_source,
     reduce_factor,
 )
+from edge_app.runtime import read_image
+from edge_app.runtime.errors import SourceError
 
 
 def write_video(path: Path, count: int, size=(640, 480), fourcc="MJPG") -> Path:
@@ -147,6 +147,38 @@ def test_live_feed_hands_over_the_newest_frame_and_drops_the_rest():
         feed.stop()
     assert taken == sorted(set(taken))  # never the same frame twice, never an older one
     assert max(b - a for a, b in zip(taken, taken[1:], strict=False)) > 1 and feed.dropped > 0
+
+
+def test_an_error_without_a_message_does_not_end_the_reopen_loop():
+    """A driver that raises a bare RuntimeError() once killed the capture thread (IndexError on '')."""
+
+    class Silent(CountingCamera):
+        def __init__(self):
+            super().__init__()
+            self.failures = {"read": 1, "open": 1}
+
+        def read(self):
+            if self.index == 3 and self.failures["read"]:
+                self.failures["read"] -= 1
+                raise RuntimeError()
+            return super().read()
+
+        def open(self):
+            if self.index and self.failures["open"]:
+                self.failures["open"] -= 1
+                raise OSError()
+
+    events = []
+    feed = LiveFeed(Silent(), backoff_s=0.01, on_event=lambda name, detail: events.append((name, detail)))
+    feed.start()
+    try:
+        deadline = time.monotonic() + 10
+        while feed.reopens == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert feed.get(timeout=5).index > 3
+    finally:
+        feed.stop()
+    assert feed.reopens == 1 and events[0] == ("source_lost", "RuntimeError")
 
 
 def test_file_feed_keeps_every_frame_and_reports_errors(tmp_path, shared):

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -14,10 +15,10 @@ import numpy as np
 import pytest
 from support import IMAGENET_MODEL, IMAGES
 
-from edge_app.app import AppConfig, run
-from edge_app.errors import EdgeclsError
+from edge_app.live.app import AppConfig, run
+from edge_app.live.web import parse_web_address
 from edge_app.runtime import read_image
-from edge_app.web import parse_web_address
+from edge_app.runtime.errors import EdgeclsError
 
 
 def free_port() -> int:
@@ -165,3 +166,18 @@ def test_a_network_stream_that_goes_away_is_reopened(tmp_path, shared):
     stats = result["stats"]
     assert stats.reopens >= 1 and stats.labels.get("macaw", 0) == stats.frames
     assert events()[:2] == ["source_lost", "source_reopened"]
+
+
+def test_requests_for_another_host_name_are_refused(live_app):
+    """DNS rebinding: a page whose own name resolves to 127.0.0.1 must not reach the kiosk."""
+    wait_for_status(live_app)
+    port = live_app.rsplit(":", 1)[1]
+    for host, allowed in ((f"127.0.0.1:{port}", True), (f"localhost:{port}", True), ("localhost", True),
+                          (f"evil.example:{port}", False), ("", False)):
+        request = urllib.request.Request(live_app + "/status", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                code = response.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        assert (code == 200) == allowed, (host, code)

@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from edge_app.runtime.errors import ModelError, OutputError
+from edge_app.runtime.rundir import load_split
 from tests.trainer.conftest import write_dataset
 from trainer.config import TrainConfig, TrainError
-from trainer.datasets import load_pixels, load_split, scan
+from trainer.datasets import load_pixels, scan
 
 
 def test_split_is_stratified_disjoint_and_complete(dataset):
@@ -84,11 +86,11 @@ def test_load_split_reads_config_json_without_tensorflow(tmp_path, dataset):
     # The converter and the benchmarks read splits without TensorFlow.
     code = (
         "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None; "
-        f"from trainer.datasets import load_split; print(len(load_split({str(run)!r}, 'train')))"
+        f"from edge_app.runtime.rundir import load_split; print(len(load_split({str(run)!r}, 'train')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == len(ds.splits["train"])
-    with pytest.raises(TrainError, match="no such file"):
+    with pytest.raises(ModelError, match="no such file"):
         load_split(tmp_path, "test")
 
 
@@ -109,7 +111,7 @@ def test_config_rejects_bad_settings(tmp_path, dataset):
         TrainConfig(dataset, tmp_path / "r", backbone="mobilenet_v2", alpha=0.6)
     with pytest.raises(TrainError, match="simple_cnn has no pretrained weights"):
         TrainConfig(dataset, tmp_path / "r", backbone="simple_cnn", weights="imagenet")
-    with pytest.raises(TrainError, match="inside the dataset"):
+    with pytest.raises(OutputError, match="inside the dataset"):
         TrainConfig(dataset, dataset / "run")
     assert TrainConfig(dataset, tmp_path / "r", backbone="simple_cnn").weights == "none"
     assert TrainConfig(dataset, tmp_path / "r").image_size == 224

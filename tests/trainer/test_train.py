@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_app.runtime.rundir import load_split
 from trainer.config import TrainConfig
-from trainer.datasets import load_pixels, load_split
+from trainer.datasets import load_pixels
 from trainer.train import run
 
 RUN_FILES = (
@@ -180,5 +181,5 @@ def test_saved_model_converts_and_the_device_runtime_sees_the_same_pixels(tmp_pa
     test = load_split(out, "test")
     keras_probs = _predict(out / "model.keras", test, 32)
     for (path, _), expected in zip(test, keras_probs, strict=True):
-        classifier.classify(read_image(path), k=1)
+        classifier.classify(read_image(path), top_k=1)
         np.testing.assert_allclose(classifier.scores(), expected, atol=1e-4)

@@ -18,11 +18,11 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edge_app.device import device_facts
-from edge_app.errors import EdgeclsError
-from edge_app.kiosk import PAGE
-from edge_app.sinks import Result, Sink
-from edge_app.sources import Frame
+from edge_app.live.kiosk import PAGE
+from edge_app.live.sinks import Result, Sink
+from edge_app.live.sources import Frame
+from edge_app.runtime.device import device_facts
+from edge_app.runtime.errors import EdgeclsError
 
 log = logging.getLogger("edgecls")
 
@@ -69,8 +69,10 @@ class WebView(Sink):
         >>> web.start({"model": "leaf.tflite"})   # serves until close()
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, history: int = 20):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, history: int = 20,
+                 allow_remote: bool = False):
         self.max_fps = max_fps
+        self.allow_remote = allow_remote
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self._version = 0
@@ -93,6 +95,20 @@ class WebView(Sink):
         self.host, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="edgecls-web", daemon=True)
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Whether a request's ``Host`` names this server: the bound address or a loopback name.
+
+        A page on the internet can point its own DNS name at 127.0.0.1 (DNS rebinding) and then
+        drive a kiosk from the visitor's browser; its requests carry that name as ``Host``.
+        """
+        if self.allow_remote:
+            return True
+        if not header:
+            return False
+        host = header.strip().lower()
+        host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rpartition(":")[0] or host
+        return host in (self.host.lower(), "localhost") or _is_loopback(host)
 
     @property
     def url(self) -> str:
@@ -170,6 +186,9 @@ def _handler(view: WebView) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self):
             path = self.path.split("?", 1)[0]
+            if not view.host_allowed(self.headers.get("Host")):
+                self._send(403, "text/plain", b"this kiosk answers only to its own address (or run with --allow-remote)\n")
+                return
             try:
                 if path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", PAGE)

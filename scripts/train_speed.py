@@ -8,7 +8,7 @@ initialized ``.keras`` file: the two-stage path runs offline exactly as it does 
 
 Usage (slow; run in the background with nice on a shared machine)::
 
-    nice -n 10 .venv/bin/python benchmarks/train_speed.py ../shared/datasets/plantvillage-potato \\
+    nice -n 10 .venv/bin/python scripts/train_speed.py ../shared/datasets/plantvillage-potato \\
         --backbone mobilenet_v3_small --image-size 224 --json /tmp/train_speed.json
 """
 

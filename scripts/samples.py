@@ -1,7 +1,7 @@
 """Inputs for the README figures, made from the real photos in ``../shared/images`` (nothing downloaded).
 
-    python -m benchmarks.samples labelled OUT_DIR          # macaw/parrot.jpg, military uniform/grace_hopper.bmp
-    python -m benchmarks.samples clip OUT.mp4 --frames 150  # 640x480 video panning over the photos
+    python -m scripts.samples labelled OUT_DIR          # macaw/parrot.jpg, military uniform/grace_hopper.bmp
+    python -m scripts.samples clip OUT.mp4 --frames 150  # 640x480 video panning over the photos
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from edge_app.errors import SourceError
+from edge_app.runtime.errors import SourceError
 
 SHARED = Path(os.environ.get("EDGECLS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 IMAGES = SHARED / "images"

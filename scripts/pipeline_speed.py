@@ -5,7 +5,7 @@ machine drifts; ratios taken within one round are what compare):
 
 - ``bare``: ``set_tensor`` + ``invoke`` on frames decoded and pre-processed beforehand;
 - ``sequential``: the plain loop: ``VideoCapture.read`` → ``set_input`` → ``invoke`` → top-1;
-- ``app``: :func:`edge_app.app.run`, headless, logging every frame to a JSONL file.
+- ``app``: :func:`edge_app.live.app.run`, headless, logging every frame to a JSONL file.
 
 Two videos by default: 640x480 (a USB camera's frames: decoding and resizing share the cores
 with the interpreter) and one at the model's own input size (what the Pi camera's ISP hands over
@@ -13,8 +13,8 @@ on its low-resolution stream: the loop's own overhead). Then the peak RSS of a r
 ``python -m edgecls run`` subprocess on the first video.
 
 Usage:
-    python benchmarks/pipeline_speed.py --threads 2 --rounds 5
-    python benchmarks/pipeline_speed.py --model run/model_int8.tflite --video field.avi --json speed.json
+    python scripts/pipeline_speed.py --threads 2 --rounds 5
+    python scripts/pipeline_speed.py --model run/model_int8.tflite --video field.avi --json speed.json
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def sequential_fps(clf, video: Path) -> tuple[float, float]:
 
 def app_fps(model: str, video: Path, threads: int, log: Path) -> tuple[float, float, dict]:
     """``(frames per second, CPU ms per frame, median stage times)`` of the real live app."""
-    from edge_app.app import AppConfig, run
+    from edge_app.live.app import AppConfig, run
 
     log.unlink(missing_ok=True)
     cpu = time.process_time()

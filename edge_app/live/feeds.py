@@ -1,4 +1,4 @@
-"""Threads between a :class:`~edge_app.sources.FrameSource` and the live loop.
+"""Threads between a :class:`~edge_app.live.sources.FrameSource` and the live loop.
 
 - :class:`FileFeed` — files: a decode thread reads *every* frame in order into a 1–2 slot
   queue and pre-processes it there, so decoding frame N+1 overlaps invoking frame N (OpenCV
@@ -20,8 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from edge_app.errors import EdgeclsError, SourceError
-from edge_app.sources import Frame, FrameSource
+from edge_app.live.sources import Frame, FrameSource
+from edge_app.runtime.errors import EdgeclsError, SourceError, first_line
 
 log = logging.getLogger("edgecls")
 
@@ -166,7 +166,7 @@ class LiveFeed:
                 self._cond.notify_all()
 
     def _reopen(self, error: Exception) -> None:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         log.warning("%s failed (%s); reopening", self.source.name, reason)
         self._event("source_lost", reason)
         started = time.monotonic()
@@ -184,7 +184,7 @@ class LiveFeed:
                 self.source.open()
             except Exception as e:
                 log.warning("%s still unavailable (%s); next try in %.1f s",
-                            self.source.name, str(e).splitlines()[0], self._delay)
+                            self.source.name, first_line(e), self._delay)
                 continue
             self.reopens += 1
             down = time.monotonic() - started

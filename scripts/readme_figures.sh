@@ -4,8 +4,8 @@
 #                                                  accuracy on the labelled photos, the live pipeline on a clip
 #   docs/figures/bench_run.{json,md,csv,png}       every variant of a converted run (when RUN is given)
 #
-# usage: benchmarks/readme_figures.sh [RUN_DIR [DATA_DIR]]
-#   e.g. benchmarks/readme_figures.sh runs/potato ../shared/datasets/plantvillage-potato
+# usage: scripts/readme_figures.sh [RUN_DIR [DATA_DIR]]
+#   e.g. scripts/readme_figures.sh runs/potato ../shared/datasets/plantvillage-potato
 # env:   PYTHON (default .venv/bin/python), OUT (default docs/figures), THREADS (default 1,2),
 #        RUNS (default 300), EDGECLS_SHARED (default ../shared), NICE (default 10; be kind to a shared box)
 # A report already in OUT is passed as --compare, so a rerun prints how much faster or slower each model got.
@@ -30,8 +30,8 @@ bench() {  # bench NAME ARGS...: writes $OUT/NAME.{json,md,csv,png}, comparing w
     --json "$OUT/$name.json" --md "$OUT/$name.md" --csv "$OUT/$name.csv" --plot "$OUT/$name.png" "${compare[@]}"
 }
 
-"$PYTHON" -m benchmarks.samples labelled "$TMP/labelled" >/dev/null
-"$PYTHON" -m benchmarks.samples clip "$TMP/clip.mp4" --frames 150 >/dev/null
+"$PYTHON" -m scripts.samples labelled "$TMP/labelled" >/dev/null
+"$PYTHON" -m scripts.samples clip "$TMP/clip.mp4" --frames 150 >/dev/null
 bench bench_imagenet "$SHARED/models/mobilenet_v2_1.0_224_quant.tflite" \
   --data "$TMP/labelled" --pipeline "$TMP/clip.mp4" --pipeline-frames 150
 

@@ -16,117 +16,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import queue
 import signal
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
 
-from edge_app.errors import EdgeclsError, Interrupted
+from edge_app.live.config import AppConfig
+from edge_app.live.loop import STAGES, RunStats, classify_frames, preparer
+from edge_app.runtime.errors import EdgeclsError, Interrupted
+from edge_app.runtime.flags import add_max_pixels, add_normalization, add_threads
 
 log = logging.getLogger("edgecls")
-
-STAGES = ("capture", "preprocess", "invoke", "postprocess")
-HEARTBEAT_S = 60.0
-STAGE_HISTORY = 20_000  # per-frame stage times kept (the latest): bounded for months-long runs
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    """Everything ``edgecls run`` does; fields are named like its flags. Validated on creation.
-
-    Example:
-        >>> AppConfig("model.tflite", source="picamera", web="127.0.0.1:8080", threshold=0.6, smooth=5)
-    """
-
-    model: str
-    labels: str | None = None
-    source: str = "0"
-    device: str = "cpu"
-    num_threads: int | None = None
-    headless: bool = True
-    display: bool = False
-    web: str | None = None
-    allow_remote: bool = False
-    log: str | None = None
-    log_max_mb: float = 10.0
-    log_backups: int = 3
-    threshold: float = 0.0
-    smooth: int = 1
-    top_k: int = 1
-    max_frames: int | None = None
-    duration: float | None = None
-    save_frames: str | None = None
-    save_when: tuple[str, ...] = ()
-    save_every: float = 1.0
-    save_max: int = 1000
-    loop: bool = False
-    fast_decode: bool = True
-    queue_depth: int = 2
-    web_fps: float = 10.0
-    mean: float | None = None
-    std: float | None = None
-
-    def __post_init__(self):
-        object.__setattr__(self, "model", str(self.model))
-        object.__setattr__(self, "source", str(self.source))
-        when = self.save_when.split(",") if isinstance(self.save_when, str) else self.save_when
-        object.__setattr__(self, "save_when", tuple(w.strip() for w in when if w.strip()))
-        problems = []
-        if self.display and self.headless:
-            problems.append("--display and --headless contradict each other (in Python: display=True, headless=False)")
-        if not 0.0 <= self.threshold <= 1.0:
-            problems.append(f"--threshold must be between 0 and 1, got {self.threshold}")
-        for name, value in (("--smooth", self.smooth), ("--top-k", self.top_k), ("--save-max", self.save_max),
-                            ("--queue-depth", self.queue_depth)):
-            if value < 1:
-                problems.append(f"{name} must be 1 or more, got {value}")
-        if self.num_threads is not None and self.num_threads < 1:
-            problems.append(f"--threads must be 1 or more, got {self.num_threads}")
-        if self.max_frames is not None and self.max_frames < 1:
-            problems.append(f"--max-frames must be 1 or more, got {self.max_frames}")
-        if self.duration is not None and self.duration <= 0:
-            problems.append(f"--duration must be more than 0 seconds, got {self.duration}")
-        if self.log_max_mb <= 0 or self.log_backups < 0:
-            problems.append("--log-max-mb must be more than 0 and --log-backups 0 or more")
-        if self.save_every < 0 or self.web_fps <= 0:
-            problems.append("--save-every must be 0 or more and --web-fps more than 0")
-        if self.save_when and not self.save_frames:
-            problems.append("--save-when needs --save-frames DIR (where to keep the frames)")
-        if (self.mean is None) != (self.std is None):
-            problems.append("give both --mean and --std, or neither")
-        if problems:
-            raise EdgeclsError("; ".join(problems))
-        if self.web:
-            from edge_app.web import parse_web_address
-
-            parse_web_address(self.web, self.allow_remote)
-
-
-@dataclass
-class RunStats:
-    """What a run did. ``stage_ms`` holds per-frame times (the latest 20,000 frames) for
-    ``capture`` (waiting for a frame), ``preprocess``, ``invoke``, ``postprocess`` (scores,
-    smoothing, top-k and the outputs)."""
-
-    frames: int
-    seconds: float
-    fps: float
-    stage_ms: dict[str, list[float]]
-    device: dict
-    stopped: str = "end"
-    labels: dict[str, int] = field(default_factory=dict)
-    reopens: int = 0
-    dropped: int = 0
-
 
 def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> RunStats:
     """Classify frames from ``config.source`` (or an already made ``source``) until it ends or is stopped.
 
     Args:
         config: the run's settings.
-        source: a :class:`~edge_app.sources.FrameSource` to use instead of ``config.source``
+        source: a :class:`~edge_app.live.sources.FrameSource` to use instead of ``config.source``
             (tests inject fakes; integrators their own cameras).
         stop: set it (from another thread) to end the run, as SIGTERM does.
 
@@ -139,10 +45,10 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
     """
     import cv2
 
-    from edge_app.device import device_facts
-    from edge_app.feeds import FileFeed, LiveFeed
+    from edge_app.live.feeds import FileFeed, LiveFeed
+    from edge_app.live.sources import open_source
     from edge_app.runtime import ImageClassifier
-    from edge_app.sources import open_source
+    from edge_app.runtime.device import device_facts
 
     clf = ImageClassifier(config.model, config.labels, config.device, config.num_threads, config.mean, config.std)
     device = {"runtime": clf.runtime.name, "version": clf.runtime.version,
@@ -156,11 +62,11 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
     try:
         _make_sinks(config, clf, sinks)
         src = source or open_source(config.source, clf.input_size, loop=config.loop, fast_decode=config.fast_decode,
-                                    want_display=_display_wanted(config, sinks))
+                                    want_display=_display_wanted(config, sinks), max_pixels=config.max_pixels)
         if src.live:
             feed = LiveFeed(src, on_event=lambda name, detail: [s.event(name, detail) for s in sinks])
         else:
-            feed = FileFeed(src, prepare=_preparer(clf, config.queue_depth), depth=config.queue_depth)
+            feed = FileFeed(src, prepare=preparer(clf, config.queue_depth), depth=config.queue_depth)
         from edge_app import __version__
 
         info = {"edgecls": __version__, "source": src.name, "started": round(time.time(), 3), **device, "input": clf.describe()["input"],
@@ -176,7 +82,7 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
             sink.start(info)
         log.info("classifying %s with %s (%s, %d threads)", src.name, clf.path.name, device["delegate"],
                  clf.num_threads)
-        return _loop(config, clf, feed, sinks, device, stop or threading.Event())
+        return classify_frames(config, clf, feed, sinks, device, stop or threading.Event())
     finally:
         with _sigterm_deferred():
             if feed is not None:
@@ -191,13 +97,13 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
 
 def _make_sinks(config: AppConfig, clf, sinks: list) -> None:
     """Open the outputs into ``sinks`` one by one, so those made before a failure still get closed."""
-    from edge_app.sinks import UNCERTAIN, FrameSaver, JsonlLog, OverlayWindow
+    from edge_app.live.sinks import UNCERTAIN, FrameSaver, JsonlLog, OverlayWindow
 
     if config.web:
-        from edge_app.web import WebView, parse_web_address
+        from edge_app.live.web import WebView, parse_web_address
 
         host, port = parse_web_address(config.web, config.allow_remote)
-        sinks.append(WebView(host, port, max_fps=config.web_fps))
+        sinks.append(WebView(host, port, max_fps=config.web_fps, allow_remote=config.allow_remote))
     if config.log:
         sinks.append(JsonlLog(config.log, int(config.log_max_mb * 1_000_000), config.log_backups, config.top_k > 1))
     if config.save_frames:
@@ -221,116 +127,6 @@ def _display_wanted(config: AppConfig, sinks: list):
         return True
     views = [s for s in sinks if hasattr(s, "viewers")]
     return (lambda: any(v.viewers for v in views)) if views else False
-
-
-def _preparer(clf, depth: int):
-    """Pre-processing for the decode thread, into a ring of preallocated input tensors.
-
-    ``depth + 2`` slots: the queue's, the one being filled, the one being invoked.
-    """
-    from edge_app.runtime import preprocess
-
-    slots = [clf.spec.new_buffer() for _ in range(depth + 2)]
-    counter = iter(range(1 << 62))
-
-    def prepare(frame) -> None:
-        started = time.perf_counter()
-        frame.tensor = preprocess(frame.image, clf.spec, out=slots[next(counter) % len(slots)], image_order=frame.order)
-        frame.preprocess_ms = (time.perf_counter() - started) * 1000
-
-    return prepare
-
-
-def _loop(config: AppConfig, clf, feed, sinks: list, device: dict, stop: threading.Event) -> RunStats:
-    from edge_app.device import cpu_temperature_c
-    from edge_app.runtime import preprocess
-    from edge_app.sinks import UNCERTAIN, Result, StopRequested
-    from edge_app.smoothing import RateMeter, Smoother
-
-    interpreter, input_index = clf.interpreter, clf.input_detail["index"]
-    live_input = clf.spec.new_buffer()
-    smoother, meter = Smoother(config.smooth, clf.num_classes), RateMeter()
-    stage_ms = {stage: deque(maxlen=STAGE_HISTORY) for stage in STAGES}
-    counts: Counter = Counter()
-    frames, reopens, shown = 0, 0, None
-    started = time.monotonic()
-    deadline = None if config.duration is None else started + config.duration
-    stopped = "end"
-    perf = time.perf_counter
-    heartbeat = perf()
-    try:
-        while True:
-            if config.max_frames is not None and frames >= config.max_frames:
-                stopped = "max_frames"
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                stopped = "duration"
-                break
-            if stop.is_set():
-                stopped = "stopped"
-                break
-            t0 = perf()
-            try:
-                # Bounded waits: a camera that is reconnecting must not hide --duration or stop.
-                frame = feed.get(timeout=0.5 if deadline is None else max(0.01, min(0.5, deadline - time.monotonic())))
-            except queue.Empty:
-                continue
-            if frame is None:
-                break
-            t1 = perf()
-            if frame.tensor is None:
-                preprocess(frame.image, clf.spec, out=live_input, image_order=frame.order)
-                tensor, preprocess_ms = live_input, (perf() - t1) * 1000
-            else:
-                tensor, preprocess_ms = frame.tensor, frame.preprocess_ms
-            t2 = perf()
-            interpreter.set_tensor(input_index, tensor)
-            interpreter.invoke()
-            t3 = perf()
-            if feed.reopens != reopens:
-                reopens = feed.reopens
-                smoother.reset()
-            scores = smoother.update(clf.scores())
-            top = clf.top(scores, config.top_k)
-            best = top[0]
-            label = best.label if best.score >= config.threshold else UNCERTAIN
-            now = time.time()
-            result = Result(frame.index, now, label, best.score, [(c.label, c.score) for c in top],
-                            (now - frame.t) * 1000, meter.tick())
-            for sink in sinks:
-                sink.update(frame, result)
-            frames += 1
-            counts[label] += 1
-            if label != shown:
-                shown = label
-                log.info("frame %d: %s %.0f%%", frame.index, label, best.score * 100)
-            t4 = perf()
-            if t4 - heartbeat >= HEARTBEAT_S:  # a line a minute in the journal: alive, how fast, how hot
-                heartbeat = t4
-                temperature = cpu_temperature_c()
-                log.info("%d frames, %.1f FPS%s%s", frames, result.fps,
-                         f", CPU {temperature:.0f} °C" if temperature is not None else "",
-                         f", camera reopened {feed.reopens} times" if feed.reopens else "")
-            stage_ms["capture"].append((t1 - t0) * 1000)
-            stage_ms["preprocess"].append(preprocess_ms)
-            stage_ms["invoke"].append((t3 - t2) * 1000)
-            stage_ms["postprocess"].append((t4 - t3) * 1000)
-    except Interrupted:
-        stopped = "sigterm"
-    except KeyboardInterrupt:
-        stopped = "interrupt"
-    except StopRequested:
-        stopped = "window"
-    seconds = time.monotonic() - started
-    stats = RunStats(frames, seconds, frames / seconds if seconds > 0 else 0.0,
-                     {stage: list(values) for stage, values in stage_ms.items()}, device, stopped,
-                     dict(counts), feed.reopens, getattr(feed, "dropped", 0))
-    why = {"end": "end of source", "max_frames": "--max-frames reached", "duration": "--duration reached",
-           "sigterm": "stopped by SIGTERM", "interrupt": "stopped by Ctrl-C", "window": "window closed",
-           "stopped": "stopped"}[stopped]
-    log.info("%s: %d frames in %.1f s (%.1f FPS)%s", why, frames, seconds, stats.fps,
-             f", source reopened {stats.reopens} times" if stats.reopens else "")
-    return stats
 
 
 @contextlib.contextmanager
@@ -369,7 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="0", help="picamera[:N], a camera index, a video file, an image folder, "
                         "or an rtsp:// / http:// URL")
     parser.add_argument("--device", default="cpu", help="cpu, edgetpu, edgetpu:usb, edgetpu:pci:0")
-    parser.add_argument("--threads", dest="num_threads", type=int, metavar="N", help="interpreter threads; None: all cores, at most 4")
+    add_threads(parser)
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--headless", action="store_true", help="no window (what happens without --display; for services)")
     out.add_argument("--display", action="store_true", help="a window with label, score and FPS (needs a desktop)")
@@ -393,17 +189,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-max", type=int, default=1000, metavar="N", help="keep at most this many saved frames (oldest go)")
     parser.add_argument("--full-decode", action="store_true",
                         help="decode MJPEG video at full size, not at the smallest JPEG scale that covers the model input")
-    parser.add_argument("--mean", type=float, metavar="M", help="float models without metadata: pixels become (x - mean) / std")
-    parser.add_argument("--std", type=float, metavar="S", help="see --mean")
+    add_normalization(parser)
+    add_max_pixels(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     config = AppConfig(
         model=args.model, labels=args.labels, source=args.source, device=args.device, num_threads=args.num_threads,
-        headless=not args.display, display=args.display, web=args.web, allow_remote=args.allow_remote,
+        display=args.display, web=args.web, allow_remote=args.allow_remote,
         log=args.log, log_max_mb=args.log_max_mb, log_backups=args.log_backups, threshold=args.threshold,
         smooth=args.smooth, top_k=args.top_k, max_frames=args.max_frames, duration=args.duration,
         save_frames=args.save_frames, save_when=args.save_when, save_every=args.save_every, save_max=args.save_max,
-        loop=args.loop, fast_decode=not args.full_decode, web_fps=args.web_fps, mean=args.mean, std=args.std)
+        loop=args.loop, fast_decode=not args.full_decode, web_fps=args.web_fps, mean=args.mean, std=args.std, max_pixels=args.max_pixels)
     run(config)
     return 0

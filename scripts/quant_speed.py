@@ -9,7 +9,7 @@
 
 Run it niced; it takes about 10-15 minutes on 2 cores::
 
-    nice -n 19 .venv/bin/python benchmarks/quant_speed.py --out /tmp/quant_speed
+    nice -n 19 .venv/bin/python scripts/quant_speed.py --out /tmp/quant_speed
 
 Writes ``OUT/quant_speed.json`` and ``OUT/quant_speed.md`` (and a run directory per model).
 """
@@ -114,7 +114,6 @@ def train_accuracy_run(out: Path, size: int, epochs: int) -> tuple[Path, dict]:
 def latency_table(report: dict, threads: tuple[int, ...], runs: int, rounds: int = 1) -> list[dict]:
     """Rows of the results table; latency is the best p50 of ``rounds`` rounds (shared machines are noisy)."""
     rows = []
-    image = read_image(next(iter(list_images(POTATO / report["labels"][0]))))
     for v in report["variants"]:
         row = {"quant": v["quant"], "size_bytes": v["size_bytes"], "accuracy": v["accuracy"],
                "accuracy_drop_pp": v["accuracy_drop_pp"], "agreement": v["agreement"],
@@ -125,7 +124,7 @@ def latency_table(report: dict, threads: tuple[int, ...], runs: int, rounds: int
         for v, row in zip(report["variants"], rows, strict=True):
             for n in threads:
                 classifier = ImageClassifier(v["path"], num_threads=n)
-                p50 = measure_latency(classifier, image, warmup=10, runs=runs)["p50"]
+                p50 = measure_latency(classifier, warmup=10, runs=runs)["p50"]
                 row[f"p50_ms_{n}t"] = min(p50, row.get(f"p50_ms_{n}t", p50))
                 del classifier
     return rows

@@ -1,4 +1,4 @@
-"""The kiosk page served at ``/`` by :mod:`edge_app.web`: one self-contained HTML file.
+"""The kiosk page served at ``/`` by :mod:`edge_app.live.web`: one self-contained HTML file.
 
 No CDN, no framework: a farm kiosk is often offline. It polls ``/status`` twice a second and
 shows ``/stream.mjpg``.

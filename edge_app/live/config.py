@@ -1,0 +1,75 @@
+"""``AppConfig``: everything ``edgecls run`` does, validated before a camera or model is opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_app.runtime.errors import EdgeclsError, check_normalization, check_threads
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything ``edgecls run`` does; fields are named like its flags. Validated on creation.
+
+    Example:
+        >>> AppConfig("model.tflite", source="picamera", web="127.0.0.1:8080", threshold=0.6, smooth=5)
+    """
+
+    model: str
+    labels: str | None = None
+    source: str = "0"
+    device: str = "cpu"
+    num_threads: int | None = None
+    display: bool = False
+    web: str | None = None
+    allow_remote: bool = False
+    log: str | None = None
+    log_max_mb: float = 10.0
+    log_backups: int = 3
+    threshold: float = 0.0
+    smooth: int = 1
+    top_k: int = 1
+    max_frames: int | None = None
+    duration: float | None = None
+    save_frames: str | None = None
+    save_when: tuple[str, ...] = ()
+    save_every: float = 1.0
+    save_max: int = 1000
+    loop: bool = False
+    fast_decode: bool = True
+    queue_depth: int = 2
+    web_fps: float = 10.0
+    mean: tuple[float, ...] | float | None = None
+    std: tuple[float, ...] | float | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", str(self.model))
+        object.__setattr__(self, "source", str(self.source))
+        when = self.save_when.split(",") if isinstance(self.save_when, str) else self.save_when
+        object.__setattr__(self, "save_when", tuple(w.strip() for w in when if w.strip()))
+        problems = []
+        if not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"--threshold must be between 0 and 1, got {self.threshold}")
+        for name, value in (("--smooth", self.smooth), ("--top-k", self.top_k), ("--save-max", self.save_max),
+                            ("--queue-depth", self.queue_depth)):
+            if value < 1:
+                problems.append(f"{name} must be 1 or more, got {value}")
+        if self.max_frames is not None and self.max_frames < 1:
+            problems.append(f"--max-frames must be 1 or more, got {self.max_frames}")
+        if self.duration is not None and self.duration <= 0:
+            problems.append(f"--duration must be more than 0 seconds, got {self.duration}")
+        if self.log_max_mb <= 0 or self.log_backups < 0:
+            problems.append("--log-max-mb must be more than 0 and --log-backups 0 or more")
+        if self.save_every < 0 or self.web_fps <= 0:
+            problems.append("--save-every must be 0 or more and --web-fps more than 0")
+        if self.save_when and not self.save_frames:
+            problems.append("--save-when needs --save-frames DIR (where to keep the frames)")
+        if problems:
+            raise EdgeclsError("; ".join(problems))
+        check_threads(self.num_threads)
+        check_normalization(self.mean, self.std)
+        if self.web:
+            from edge_app.live.web import parse_web_address
+
+            parse_web_address(self.web, self.allow_remote)

@@ -1,0 +1,70 @@
+"""Where results go: one tiny base class, one module per concrete output.
+
+Every sink has the same calls: ``start(info)`` once with the run's facts, ``update(frame,
+result)`` per classified frame, ``event(name, detail)`` for what is not a frame, ``close()``
+(always, flushing what it holds). Hardware and GUI imports stay inside the classes that need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_app.live.sources import Frame
+
+UNCERTAIN = "uncertain"
+
+class StopRequested(Exception):
+    """The user closed the window (q or Esc): the run ends normally."""
+
+
+@dataclass
+class Result:
+    """What the loop decided for one frame.
+
+    Attributes:
+        label: the top label, or ``"uncertain"`` below ``--threshold``.
+        score: the top (smoothed) score, even when uncertain.
+        top_k: ``[(label, score)]`` best first.
+        latency_ms: from the frame's capture (or decode) to this result.
+        fps: classified frames per second over the last second or so.
+        file: the image file of a folder source.
+    """
+
+    frame: int
+    t: float
+    label: str
+    score: float
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    latency_ms: float = 0.0
+    fps: float = 0.0
+    file: str | None = None
+
+    @property
+    def uncertain(self) -> bool:
+        return self.label == UNCERTAIN
+
+    def record(self, with_top_k: bool = False) -> dict:
+        """The log line (DESIGN.md schema), plus ``top_k`` when more than one was asked for."""
+        record = {"frame": self.frame, "t": round(self.t, 3), "label": self.label, "score": round(self.score, 4),
+                  "latency_ms": round(self.latency_ms, 2), "fps": round(self.fps, 1)}
+        if self.file is not None:
+            record["file"] = self.file
+        if with_top_k:
+            record["top_k"] = [{"label": label, "score": round(score, 4)} for label, score in self.top_k]
+        return record
+
+
+class Sink:
+    """Does nothing; the base of every sink."""
+
+    def start(self, info: dict) -> None:
+        pass
+
+    def update(self, frame: Frame, result: Result) -> None:
+        pass
+
+    def event(self, name: str, detail: str) -> None:
+        """Something happened that is not a frame (the camera was lost or came back)."""
+
+    def close(self) -> None:
+        pass
