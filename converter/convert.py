@@ -169,6 +169,7 @@ def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Check
     del classifier
     return variant
 
+
 def _report(source: Source, reference: ReferenceModel, base_metadata: dict, checks: Checks,
             calibration_summary: dict | None, config: ConvertConfig, threads: int, variants: list[dict],
             edgetpu: dict | None) -> dict:

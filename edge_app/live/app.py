@@ -27,6 +27,7 @@ from edge_app.runtime.flags import add_max_pixels, add_normalization, add_thread
 
 log = logging.getLogger("edgecls")
 
+
 def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> RunStats:
     """Classify frames from ``config.source`` (or an already made ``source``) until it ends or is stopped.
 

@@ -13,6 +13,7 @@ from edge_app.live.sources import Frame
 
 UNCERTAIN = "uncertain"
 
+
 class StopRequested(Exception):
     """The user closed the window (q or Esc): the run ends normally."""
 

@@ -17,6 +17,7 @@ from edge_app.runtime.files import check_writable
 
 log = logging.getLogger("edgecls")
 
+
 class JsonlLog(Sink):
     """One JSON object per line, rotated by size so a months-long run can't fill the card.
 

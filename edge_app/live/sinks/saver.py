@@ -14,6 +14,7 @@ from edge_app.runtime.files import write_bytes
 
 log = logging.getLogger("edgecls")
 
+
 class FrameSaver(Sink):
     """Keeps evidence: JPEGs of frames whose label is in ``labels`` (all when empty).
 

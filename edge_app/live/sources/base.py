@@ -96,6 +96,17 @@ class FrameSource(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
+class CaptureSource(FrameSource):
+    """A source read through an OpenCV ``VideoCapture`` (``self._cap``), released on close."""
+
+    _cap = None
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
 @contextlib.contextmanager
 def quiet_opencv():
     """Silence OpenCV and FFmpeg while a source opens: our SourceError says what happened and what to do.

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import time
 
-from edge_app.live.sources.base import Frame, FrameSource, quiet_opencv
+from edge_app.live.sources.base import CaptureSource, Frame, quiet_opencv
 from edge_app.runtime.errors import SourceError
 
 
-class OpenCVSource(FrameSource):
+class OpenCVSource(CaptureSource):
     """A camera by index (``/dev/videoN``) or a network stream URL, read through OpenCV."""
 
     live = True
@@ -54,11 +54,6 @@ class OpenCVSource(FrameSource):
         frame = Frame(image, "BGR", self._index, time.time())
         self._index += 1
         return frame
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
 def _redact(url: str) -> str:

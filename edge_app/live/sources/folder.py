@@ -12,6 +12,7 @@ from edge_app.runtime.images import IMAGE_SUFFIXES, list_images, read_image
 
 log = logging.getLogger("edgecls")
 
+
 class ImageFolderSource(FrameSource):
     """Every image in a folder (or one image file), in name order; unreadable images are skipped with a warning."""
 

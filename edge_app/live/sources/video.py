@@ -6,13 +6,14 @@ import logging
 import time
 from pathlib import Path
 
-from edge_app.live.sources.base import Frame, FrameSource, quiet_opencv
+from edge_app.live.sources.base import CaptureSource, Frame, quiet_opencv
 from edge_app.runtime.errors import SourceError
 from edge_app.runtime.images import reduce_factor
 
 log = logging.getLogger("edgecls")
 
-class VideoFileSource(FrameSource):
+
+class VideoFileSource(CaptureSource):
     """Every frame of a video file, in order, then ``None`` (or from the start again with ``loop``).
 
     MJPEG files (what cameras record and OpenCV writes) are read as raw JPEG packets and decoded
@@ -97,8 +98,3 @@ class VideoFileSource(FrameSource):
         frame = Frame(image, "BGR", self._index, t, jpeg=jpeg)
         self._index += 1
         return frame
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
