@@ -60,6 +60,13 @@ def top_k(scores: np.ndarray, k: int = 5, score_threshold: float = 0.0) -> list[
     """
     if k <= 0 or scores.size == 0:
         return []
-    # A stable sort keeps ties in index order; argpartition would break them arbitrarily.
-    best = np.argsort(-scores, kind="stable")[:k]
+    if k == 1:
+        best = [int(np.argmax(scores))]  # the live loop's usual case: one pass, lowest index on ties
+    else:
+        # Per frame, so no full sort of 1001 ImageNet scores: the candidates are every score at
+        # least the k-th largest (ties included, in index order), and a stable sort keeps that order.
+        k = min(k, scores.size)
+        kth = np.partition(scores, scores.size - k)[scores.size - k]
+        candidates = np.flatnonzero(scores >= kth)
+        best = candidates[np.argsort(-scores[candidates], kind="stable")][:k]
     return [(int(i), float(scores[i])) for i in best if scores[i] >= score_threshold]

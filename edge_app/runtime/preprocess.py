@@ -1,9 +1,9 @@
 """Pre-processing driven by the model's own input details: size, channels, dtype, quantization.
 
 Images are RGB ``uint8`` arrays ``(H, W, 3)`` everywhere in edgecls;
-:func:`edge_app.runtime.images.read_image` makes them from files, sources make them from frames. :func:`preprocess` turns one into the model's
-input tensor, writing into a caller's preallocated buffer so the live loop allocates nothing
-for uint8 models.
+:func:`edge_app.runtime.images.read_image` makes them from files, sources make them from frames.
+:func:`preprocess` turns one into the model's input tensor, writing into a caller's
+preallocated buffer so the live loop allocates nothing for uint8 models.
 """
 
 from __future__ import annotations

@@ -181,3 +181,16 @@ exit $status
     assert dropped and int(dropped[0]["detail"]) > 0, "the full disk went unnoticed"
     frames = [r["frame"] for r in records if "frame" in r]
     assert frames == sorted(frames) and len(frames) > 10
+
+
+def test_a_half_line_left_by_a_killed_run_is_cut_but_a_foreign_file_is_kept(tmp_path):
+    ours = tmp_path / "ours.jsonl"
+    ours.write_bytes(b'{"frame": 1}\n{"frame": 2, "lab')
+    foreign = tmp_path / "notes.txt"
+    foreign.write_bytes(b"no newline at all")
+    for path in (ours, foreign):
+        log = JsonlLog(path, flush_s=0)
+        log.start({"model": "m.tflite"})
+        log.close()
+    assert ours.read_text().splitlines()[:2] == ['{"frame": 1}', '{"header": {"model": "m.tflite"}}']
+    assert foreign.read_text().splitlines()[0] == "no newline at all"

@@ -193,3 +193,16 @@ def test_embed_metadata_round_trip(shared, tmp_path):
     clf = ImageClassifier(path, num_threads=1)
     assert clf.spec.mean == (127.5,) * 3
     assert clf.classify(read_image(IMAGES / "parrot.jpg"), top_k=1)[0].index == 89  # macaw's index
+
+
+def test_top_k_breaks_ties_to_the_lower_index_like_argmax():
+    from edge_app.runtime import top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scores = np.round(rng.random(rng.integers(2, 1002)) * 16).astype(np.float32) / 16  # many ties
+        for k in (1, 3, 5):
+            expected = np.argsort(-scores, kind="stable")[:k]
+            assert [i for i, _ in top_k(scores, k)] == expected.tolist()
+        assert top_k(scores, 1)[0][0] == int(np.argmax(scores))
+    assert top_k(np.array([0.5, 0.5], np.float32), 5) == [(0, 0.5), (1, 0.5)]

@@ -59,7 +59,7 @@ class JsonlLog(Sink):
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab", buffering=0)
+            self._file = open(self.path, "a+b", buffering=0)  # readable too: to find a half line at the end
             self._size = self._file.seek(0, os.SEEK_END)
             self._cut_partial_line()
         except OSError as e:
@@ -72,7 +72,12 @@ class JsonlLog(Sink):
         tail = os.pread(self._file.fileno(), min(self._size, 1 << 16), max(0, self._size - (1 << 16)))
         if tail.endswith(b"\n"):
             return
-        keep = self._size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        if b"\n" not in tail:
+            # Not a log of ours (no line in the last 64 KiB): never cut it, just start on a new line.
+            self._file.write(b"\n")
+            self._size += 1
+            return
+        keep = self._size - len(tail) + tail.rfind(b"\n") + 1
         self._file.truncate(keep)
         self._size = keep
 
