@@ -64,13 +64,16 @@ def tflite_predictions(classifier: ImageClassifier, images: list[np.ndarray], de
     return out
 
 
-def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarray) -> dict:
-    """Drop in percentage points, per-class deltas, and top-1 agreement with the float model."""
+def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarray, truth: np.ndarray) -> dict:
+    """Drop in percentage points with its paired statistics, per-class deltas, and top-1 agreement."""
     deltas = {label: (None if acc is None else round(100.0 * (acc - reference.per_class[label]), 3))
               for label, acc in variant.per_class.items()}
+    float_right, variant_right = reference_top1 == truth, variant.predictions == truth
     return {
         "accuracy": variant.accuracy,
         "accuracy_drop_pp": round(100.0 * (reference.accuracy - variant.accuracy), 3),
+        "drop_test": paired_drop(int(np.sum(float_right & ~variant_right)), int(np.sum(~float_right & variant_right)),
+                                 len(truth)),
         "agreement": float(np.mean(variant.predictions == reference_top1)),
         "per_class_accuracy": variant.per_class,
         "per_class_delta_pp": deltas,
@@ -90,12 +93,52 @@ def measure_latency(classifier: ImageClassifier, warmup: int = 5, runs: int = 50
             "runs": runs, "warmup": warmup, "num_threads": classifier.num_threads}
 
 
+SIGNIFICANCE = 0.05
+
+
+def paired_drop(lost: int, gained: int, n: int) -> dict:
+    """The accuracy drop on ``n`` paired images and how sure it is: ``lost`` images the float model got right
+    and the variant wrong, ``gained`` the reverse.
+
+    Only those disagreements carry information (McNemar): if the variant were as accurate as the float
+    model, each would fall either way with even odds. ``p_value`` is the exact one-sided binomial
+    probability of losing at least ``lost`` of them by chance; ``ci95_pp`` is the paired-proportions
+    interval of the drop. On 200 images, 3 lost and 0 gained is p = 0.125 (noise); 15 lost and 2
+    gained is p = 0.001 (a real loss).
+
+    Example:
+        >>> paired_drop(3, 0, 200)["significant"]
+        False
+    """
+    from scipy.stats import binomtest, norm
+
+    drop = (lost - gained) / n if n else 0.0
+    spread = np.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0)) / n if n else 0.0
+    z = float(norm.ppf(0.975))
+    p = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
+    return {"lost": lost, "gained": gained, "num_images": n, "drop_pp": round(100 * drop, 3),
+            "ci95_pp": [round(100 * (drop - z * spread), 3), round(100 * (drop + z * spread), 3)],
+            "p_value": round(p, 5), "significant": p < SIGNIFICANCE}
+
+
+def accuracy_fails(result: dict, max_accuracy_drop: float) -> bool:
+    """The drop is above the limit and unlikely to be noise."""
+    drop, test = result.get("accuracy_drop_pp"), result.get("drop_test")
+    return drop is not None and drop > max_accuracy_drop and (test is None or test["significant"])
+
+
 def gate(result: dict, max_accuracy_drop: float, max_latency_ms: float | None) -> list[str]:
-    """The failures of one variant against the limits; empty when it passes."""
+    """The failures of one variant against the limits; empty when it passes.
+
+    Accuracy fails when the drop is above ``max_accuracy_drop`` *and* unlikely to be noise (McNemar's exact
+    test at 5%, see :func:`paired_drop`): on a few hundred images, one to three changed predictions
+    must not decide whether a model ships.
+    """
     failures = []
-    if result.get("accuracy_drop_pp") is not None and result["accuracy_drop_pp"] > max_accuracy_drop:
-        failures.append(f"accuracy drop {result['accuracy_drop_pp']:.2f} pp > --max-accuracy-drop "
-                        f"{max_accuracy_drop:g} pp")
+    drop, test = result.get("accuracy_drop_pp"), result.get("drop_test")
+    if accuracy_fails(result, max_accuracy_drop):
+        why = f" ({test['lost']} images lost, {test['gained']} gained: p = {test['p_value']:.3g})" if test else ""
+        failures.append(f"accuracy drop {drop:.2f} pp > --max-accuracy-drop {max_accuracy_drop:g} pp{why}")
     p50 = (result.get("latency_ms") or {}).get("p50")
     if max_latency_ms is not None and p50 is not None and p50 > max_latency_ms:
         failures.append(f"p50 latency {p50:.2f} ms > --max-latency-ms {max_latency_ms:g} ms")

@@ -18,6 +18,13 @@ examples:
   edgecls convert runs/potato --quant int8 --edgetpu    # + edgetpu_compiler when it is installed
   edgecls convert my_model.keras --labels labels.txt --data photos/test --mean 127.5 --std 127.5
   edgecls convert runs/potato --max-latency-ms 5 --threads 2   # gate on speed too (p50 on this machine)
+  edgecls convert runs/potato --quant int8 --no-repair --full-integer   # plain full-integer int8
+
+int8 for the CPU keeps in float the ops XNNPACK cannot run in int8 (HARD_SWISH), so MobileNetV3 runs
+as one partition; the Edge TPU model stays full integer. When int8 fails the accuracy check, the
+layers that quantize worst are kept in float (1, 2, 4, ... up to --repair-budget) until it passes.
+A variant fails the accuracy check when its drop is above --max-accuracy-drop and unlikely to be
+noise (McNemar's exact test on the images float and the variant disagree on, p < 0.05).
 
 {targets}
 
@@ -50,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fail a variant losing more accuracy than this, in percentage points")
     parser.add_argument("--max-latency-ms", type=float, default=None, metavar="MS",
                         help="fail a variant whose p50 latency on this machine is above this")
+    parser.add_argument("--full-integer", action="store_true",
+                        help="keep every op of the CPU int8 model integer; by default ops XNNPACK has no int8 "
+                             "kernel for (HARD_SWISH) stay float, so the graph runs as one fast partition")
+    parser.add_argument("--no-repair", dest="repair", action="store_false",
+                        help="when int8 fails the accuracy check, do not keep its worst layers in float")
+    parser.add_argument("--repair-budget", type=int, default=16, metavar="N",
+                        help="the repair keeps at most N layers in float (tries 1, 2, 4, ... N; never more than a "
+                             "quarter of the model's layers)")
     parser.add_argument("--edgetpu", action="store_true", help="make the Edge TPU model (int8) and compile it if "
                         "edgetpu_compiler is on PATH (x86-64 Linux only)")
     add_threads(parser, help="interpreter threads for the latency check (default: all cores, at most 4)")
@@ -75,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
         model=args.model, out_dir=args.out, quants=tuple(args.quant or (["int8"] if args.edgetpu else ["all"])), io=args.io, labels=args.labels,
         data=args.data, calibration_data=args.calibration_data, calibration_size=args.calibration_size,
         mean=args.mean, std=args.std, image_size=image_size, max_accuracy_drop=args.max_accuracy_drop,
-        max_latency_ms=args.max_latency_ms, edgetpu=args.edgetpu, num_threads=args.num_threads, runs=args.runs,
+        max_latency_ms=args.max_latency_ms, edgetpu=args.edgetpu, full_integer=args.full_integer,
+        repair=args.repair, repair_budget=args.repair_budget, num_threads=args.num_threads, runs=args.runs,
         warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed,
     )
     report = run(config)

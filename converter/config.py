@@ -30,6 +30,11 @@ class ConvertConfig:
         max_accuracy_drop: percentage points a variant may lose against the float model.
         max_latency_ms: p50 latency a variant may take on this machine; ``None`` = no limit.
         edgetpu: also make the Edge TPU model (int8, static shapes) and compile it if possible.
+        full_integer: keep every op of the CPU's int8 model integer, even ops XNNPACK cannot run in int8
+            (by default those stay float, so the graph is one delegate partition; the Edge TPU model
+            is always full integer).
+        repair: when int8 fails the accuracy check, keep its worst-quantized layers in float until it passes.
+        repair_budget: at most this many layers kept in float by the repair.
         num_threads: interpreter threads for the latency check; ``None`` = the runtime's default.
         runs, warmup: timed and untimed invokes of the latency check.
         max_eval_images: check on at most this many held-out images (class-stratified); ``None`` = all.
@@ -54,6 +59,9 @@ class ConvertConfig:
     max_accuracy_drop: float = 1.0
     max_latency_ms: float | None = None
     edgetpu: bool = False
+    full_integer: bool = False
+    repair: bool = True
+    repair_budget: int = 16
     num_threads: int | None = None
     runs: int = 50
     warmup: int = 5
@@ -99,6 +107,9 @@ class ConvertConfig:
             raise ConfigError(f"--max-accuracy-drop must be 0 or more percentage points, got {self.max_accuracy_drop}")
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise ConfigError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
+        if self.repair_budget < 1:
+            raise ConfigError(f"--repair-budget must be 1 or more layers, got {self.repair_budget}; "
+                              "turn the repair off with --no-repair")
         check_threads(self.num_threads, error=ConfigError)
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError(f"--runs must be 1 or more and --warmup 0 or more, got {self.runs}, {self.warmup}")

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,16 @@ from converter.checks import (
 from converter.config import ConvertConfig
 from converter.edgetpu import compile_model
 from converter.graph import inspect_flatbuffer, xnnpack_partitions
+from converter.int8 import build_cpu_int8
 from converter.reference import ReferenceModel
 from converter.report import SCHEMA, summarize_speed, write_reports
 from converter.source import Source, load_source, stratified_sample
 from converter.targets import TARGETS
-from converter.worker import convert_all
+from converter.worker import ConverterProcess
 from edge_app.runtime import default_num_threads, embed_metadata, load_runtime, read_image
 from edge_app.runtime.errors import LabelsError
 from edge_app.runtime.files import check_writable, write_bytes, write_json
+from edge_app.runtime.rundir import model_file
 
 log = logging.getLogger("edgecls")
 
@@ -79,20 +82,26 @@ def run(config: ConvertConfig) -> dict:
         pixels = load_pixels(chosen, spec, desc="calibration")
         pin_input_range(pixels, spec)
         calibration_summary = summarize(chosen, pixels, source.labels, source.calibration_source)
-    flatbuffers = convert_all(source.model_path, reference.input_size, config.quants, config.io, pixels)
-
     base_metadata = _metadata(source, reference, checks.probabilities)
     threads = config.num_threads or default_num_threads()
-    variants = [_write_and_check(quant, flatbuffers[quant], out_dir / TARGETS[quant].filename(), base_metadata,
-                                 source.labels, checks, config, threads) for quant in config.quants]
+    variants = []
+    with ConverterProcess(source.model_path, reference.input_size, config.io, pixels) as child:
+        flatbuffers = {quant: child.convert(quant) for quant in config.quants}
+        for quant in config.quants:
+            path = out_dir / TARGETS[quant].filename()
+            prove = partial(_write_and_check, quant, base_metadata=base_metadata, labels=source.labels,
+                            checks=checks, config=config, threads=threads)
+            if quant == "int8":
+                fp32_p50 = next((v["latency_ms"]["p50"] for v in variants if v["quant"] == "fp32"), None)
+                variants.append(build_cpu_int8(child, flatbuffers[quant], prove, path, config, fp32_p50))
+            else:
+                variants.append(prove(flatbuffers[quant], path))
     fp32_size = next((v["size_bytes"] for v in variants if v["quant"] == "fp32"), None)
     for v in variants:
         v["size_vs_fp32"] = round(v["size_bytes"] / fp32_size, 4) if fp32_size else None
     edgetpu = None
     if config.edgetpu:
-        int8_path = out_dir / TARGETS["int8"].filename()
-        edgetpu = compile_model(flatbuffers["int8"], int8_path, {**base_metadata, "quant": "int8"}, source.labels)
-        (log.info if edgetpu["status"] == "compiled" else log.warning)("Edge TPU: %s", edgetpu["message"])
+        edgetpu = _edgetpu(flatbuffers["int8"], variants[-1], out_dir, base_metadata, source.labels)
     report = _report(source, reference, base_metadata, checks, calibration_summary, config, threads, variants,
                      edgetpu)
     json_path, md_path = write_reports(out_dir, report)
@@ -116,6 +125,18 @@ def _float_checks(reference: ReferenceModel, source: Source, spec, config: Conve
     log.info("float model: accuracy %.2f%%", 100 * float_eval.accuracy)
     return Checks(images, truth, float_eval, ref_top1, reference.outputs_probabilities(ref_scores),
                   source.test_source)
+
+
+def _edgetpu(full_integer: bytes, int8: dict, out_dir: Path, base_metadata: dict, labels: list[str]) -> dict:
+    """Compile the full-integer int8 graph; it is written beside the CPU's when that one keeps ops in float."""
+    metadata = {**base_metadata, "quant": "int8"}
+    source = Path(int8["path"])
+    if int8.get("kept_float") or (int8.get("repair") or {}).get("kept_layers"):
+        source = out_dir / model_file("int8", full_integer=True)
+        write_bytes(source, embed_metadata(full_integer, {**metadata, "full_integer": True}, labels))
+    result = compile_model(full_integer, source, metadata, labels)
+    (log.info if result["status"] == "compiled" else log.warning)("Edge TPU: %s", result["message"])
+    return result
 
 
 def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, labels: list[str], checks: Checks,
@@ -142,7 +163,7 @@ def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Check
            threads: int) -> dict:
     classifier = open_classifier(path, labels, threads)
     predictions = tflite_predictions(classifier, checks.images, desc=path.name)
-    result = compare(evaluate(predictions, checks.truth, labels), checks.float_eval, checks.float_top1)
+    result = compare(evaluate(predictions, checks.truth, labels), checks.float_eval, checks.float_top1, checks.truth)
     latency = measure_latency(classifier, config.warmup, config.runs)
     graph = inspect_flatbuffer(data)
     graph.xnnpack_partitions, graph.cpu_fallback_ops = xnnpack_partitions(classifier.interpreter)
@@ -165,6 +186,11 @@ def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Check
         "warnings": warnings,
     }
     variant["failures"] = gate(variant, config.max_accuracy_drop, config.max_latency_ms)
+    test = variant["drop_test"]
+    if variant["accuracy_drop_pp"] > config.max_accuracy_drop and not test["significant"]:
+        warnings.append(f"drop {variant['accuracy_drop_pp']:.2f} pp is above --max-accuracy-drop but could be chance "
+                        f"({test['lost']} images lost, {test['gained']} gained: p = {test['p_value']:.3g}); check on "
+                        "more images to be sure (--data DIR)")
     variant["passed"] = not variant["failures"]
     del classifier
     return variant

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_app.runtime import embed_metadata
 from edge_app.runtime.files import write_bytes, write_text
+from edge_app.runtime.rundir import model_file
 
 log = logging.getLogger("edgecls")
 
@@ -71,7 +72,7 @@ def compile_model(int8_flatbuffer: bytes, int8_path: Path, metadata: dict, label
             reason = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()[-1]
             return {**out, "status": "failed", "compiler_version": version,
                     "message": f"{COMPILER} failed on {int8_path.name}: {reason}"}
-        dest = int8_path.with_name(f"{stem}_edgetpu.tflite")
+        dest = int8_path.with_name(model_file("int8", edgetpu=True))
         data = embed_metadata(compiled.read_bytes(), {**metadata, "quant": "int8", "edgetpu": True}, labels)
         write_bytes(dest, data)
         dest_log = dest.with_suffix(".log")

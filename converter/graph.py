@@ -96,7 +96,41 @@ def xnnpack_partitions(interpreter) -> tuple[int, dict[str, int]]:
     a partition when it is reached walking back from the partition's outputs without crossing its
     inputs; the rest run on the CPU's reference kernels.
     """
-    nodes = interpreter._get_ops_details()  # the only node-level view the Python API offers
+    partitions, left, _ = _delegation(interpreter)
+    return partitions, dict(Counter(node["op_name"] for node in left))
+
+
+def splitting_ops(interpreter) -> dict[str, int]:
+    """The ops left out of XNNPACK that sit *between* two delegated ops, by type: these split the graph.
+    Ops left out at its edges (the input's QUANTIZE, an int8 SOFTMAX at the output) cost little."""
+    _, left, graph = _delegation(interpreter)
+    consumers: dict[int, list[int]] = {}
+    for node in graph["nodes"]:
+        for t in node["inputs"]:
+            consumers.setdefault(int(t), []).append(node["index"])
+
+    def reaches_delegated(start: dict, forward: bool) -> bool:
+        stack, seen = [start["index"]], set()
+        while stack:
+            index = stack.pop()
+            if index in seen:
+                continue
+            seen.add(index)
+            if index != start["index"] and index in graph["delegated"]:
+                return True
+            node = graph["by_index"][index]
+            if forward:
+                stack.extend(c for t in node["outputs"] for c in consumers.get(int(t), []))
+            else:
+                stack.extend(graph["producer"][int(t)] for t in node["inputs"] if int(t) in graph["producer"])
+        return False
+
+    return dict(Counter(node["op_name"] for node in left
+                        if reaches_delegated(node, forward=False) and reaches_delegated(node, forward=True)))
+
+
+def _delegation(interpreter) -> tuple[int, list[dict], dict]:
+    nodes = [n for n in interpreter._get_ops_details()]  # the only node-level view the Python API offers
     producer = {}
     for node in nodes:
         if node["op_name"] != "DELEGATE":
@@ -117,5 +151,18 @@ def xnnpack_partitions(interpreter) -> tuple[int, dict[str, int]]:
             index = producer[t]
             delegated.add(index)
             stack.extend(int(i) for i in by_index[index]["inputs"] if i >= 0)
-    left = Counter(n["op_name"] for n in nodes if n["op_name"] != "DELEGATE" and n["index"] not in delegated)
-    return len(delegates), dict(left)
+    originals = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    left = [n for n in originals if n["index"] not in delegated]
+    return len(delegates), left, {"nodes": originals, "producer": producer, "by_index": by_index,
+                                  "delegated": delegated}
+
+
+def delegate_partitions(data: bytes, num_threads: int = 1) -> tuple[int, dict[str, int], dict[str, int]]:
+    """``(partitions, ops left out, ops splitting the graph)`` of a flatbuffer on the runtime the device uses."""
+    from edge_app.runtime import load_runtime
+    from edge_app.runtime.interpreter import native_stderr_to_log
+
+    with native_stderr_to_log():
+        interpreter = load_runtime().interpreter_class(model_content=data, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    return (*xnnpack_partitions(interpreter), splitting_ops(interpreter))

@@ -41,6 +41,60 @@ def _mb(n) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def drop_cell(v: dict) -> str:
+    """``+1.50 [-0.19, 3.19]``: the drop and its 95% interval, in pp."""
+    if v.get("accuracy_drop_pp") is None:
+        return "—"
+    test = v.get("drop_test")
+    interval = f" [{test['ci95_pp'][0]:+.2f}, {test['ci95_pp'][1]:+.2f}]" if test else ""
+    return f"{v['accuracy_drop_pp']:+.2f}{interval}"
+
+
+def disagreement_cell(v: dict) -> str:
+    """``3 / 0 (p 0.125)``: images lost and gained against float, and how likely that is by chance."""
+    test = v.get("drop_test")
+    return "—" if not test else f"{test['lost']} / {test['gained']} (p {test['p_value']:.3g})"
+
+
+def layer_name(node: str) -> str:
+    """The Keras layer of a TFLite tensor name: ``model/dense_1/MatMul;model/dense_1/BiasAdd`` → ``dense_1``."""
+    parts = node.split(";")[0].split("/")
+    return parts[1] if len(parts) > 2 else parts[0]
+
+
+def _kept_float(v: dict) -> list[str]:
+    kept = v.get("kept_float")
+    if not kept:
+        return []
+    ops = ", ".join(f"{op} ×{n}" for op, n in kept["ops"].items())
+    speed = kept["full_integer_p50_ms"] / kept["p50_ms"] if kept["p50_ms"] else float("nan")
+    return ["", f"## {v['quant']}: ops kept in float for the CPU", "",
+            f"XNNPACK has no int8 kernel for {', '.join(kept['ops'])}: in a full-integer graph each runs on slow "
+            f"reference kernels and splits the graph into {kept['partitions_full_integer']} partitions. Kept in "
+            f"float: {ops}. Cost: {kept['bytes']:+d} bytes; accuracy {_pct(v['accuracy'])} vs "
+            f"{_pct(kept['full_integer_accuracy'])} full integer. Bought: {kept['partitions']} partition(s), p50 "
+            f"{kept['p50_ms']} ms instead of {kept['full_integer_p50_ms']} ms ({speed:.1f}× faster). The Edge TPU "
+            "runs these ops in int8: its model stays full integer."]
+
+
+def _repair(v: dict) -> list[str]:
+    repair = v.get("repair")
+    if not repair:
+        return []
+    outcome = {"passed": "the gate passes", "budget": f"the budget of {repair['layer_budget']} layers was spent",
+               "latency": f"the model got slower than {repair['latency_limit_ms']} ms"}[repair["result"]]
+    lines = ["", f"## Repair of {v['quant']}", "",
+             f"The check failed, so the layers that quantize worst (each int8 layer against its float twin, "
+             f"in quantization steps) were kept in float, a few at a time. Stopped because {outcome}"
+             + ("" if repair["result"] == "passed" else "; the unrepaired model was kept") + ".", "",
+             "| layers in float | accuracy | drop (pp) | p | p50 ms | size | passed |", "|---|---|---|---|---|---|---|"]
+    for step in repair["steps"]:
+        names = ", ".join(layer_name(n) for n in step["kept_layers"]) or "none"
+        lines.append(f"| {names} | {_pct(step['accuracy'])} | {step['accuracy_drop_pp']:+.2f} | {step['p_value']:.3g} "
+                     f"| {step['p50_ms']} | {_mb(step['size_bytes'])} | {'yes' if step['passed'] else 'no'} |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """The table a person reads first, then per-class deltas, calibration, graph facts and the Edge TPU step."""
     lines = [f"# Conversion of `{report['model']}`", ""]
@@ -54,17 +108,21 @@ def render_markdown(report: dict) -> str:
               f"{report['machine']['runtime']} {report['machine']['runtime_version']}, "
               f"{report['machine']['num_threads']} thread(s), {report['machine']['runs']} timed runs after "
               f"{report['machine']['warmup']} warm-up.", ""]
-    lines += ["| variant | size | vs fp32 | I/O | accuracy | drop (pp) | agreement | p50 ms | p90 ms | XNNPACK partitions | result |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["A variant fails the accuracy check when its drop is above the limit *and* unlikely to be noise: "
+              "only the images float and the variant disagree on carry information (lost: float right, variant "
+              "wrong; gained: the reverse), and McNemar's exact test asks how likely that many losses are if both "
+              "were equally accurate (fail at p < 0.05). The interval is the 95% interval of the drop.", ""]
+    lines += ["| variant | size | vs fp32 | I/O | accuracy | drop (pp) [95% interval] | lost / gained (p) | agreement "
+              "| p50 ms | p90 ms | XNNPACK partitions | result |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in report["variants"]:
         lat = v.get("latency_ms") or {}
         graph = v.get("graph") or {}
         ratio = f"{100 * v['size_vs_fp32']:.0f}%" if v.get("size_vs_fp32") is not None else "—"
         result = "pass" if v["passed"] else "**FAIL**: " + "; ".join(v["failures"])
-        drop = "—" if v.get("accuracy_drop_pp") is None else f"{v['accuracy_drop_pp']:+.2f}"
         lines.append(f"| {v['quant']} | {_mb(v['size_bytes'])} | {ratio} | {v['io']['input']}/{v['io']['output']} | "
-                     f"{_pct(v.get('accuracy'))} | {drop} | {_pct(v.get('agreement'))} | {lat.get('p50', '—')} | "
-                     f"{lat.get('p90', '—')} | {graph.get('xnnpack_partitions', '—')} | {result} |")
+                     f"{_pct(v.get('accuracy'))} | {drop_cell(v)} | {disagreement_cell(v)} | {_pct(v.get('agreement'))} | "
+                     f"{lat.get('p50', '—')} | {lat.get('p90', '—')} | {graph.get('xnnpack_partitions', '—')} | {result} |")
     lines += ["", "Variants: " + "; ".join(f"**{v['quant']}**: {v['description']}" for v in report["variants"]
                                        if v.get("description")) + "."]
     speed = report.get("speed", {})
@@ -73,6 +131,8 @@ def render_markdown(report: dict) -> str:
                   + (" (p50 speed-up vs fp32: " + ", ".join(f"{k} {x}×" for k, x in speed['speedup_vs_fp32'].items()) + ")"
                      if speed.get("speedup_vs_fp32") else "")
                   + f". Smallest: {speed.get('smallest')}."]
+    for v in report["variants"]:
+        lines += _kept_float(v) + _repair(v)
     warnings = [(v["quant"], w) for v in report["variants"] for w in v.get("warnings", [])]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- **{q}**: {w}" for q, w in warnings]

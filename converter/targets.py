@@ -60,7 +60,8 @@ TARGETS = {t.name: t for t in (
     Target("fp16", "float16 weights: half the size, float32 kernels on CPU", "float32", False, False, _fp16),
     Target("dynamic", "int8 weights, float activations: small, usually the slowest on CPU", "float32", False,
            False, _dynamic),
-    Target("int8", "full integer, per-channel; --io uint8 (default) serves CPU and Edge TPU from one file", "config",
+    Target("int8", "integer, per-channel; ops XNNPACK has no int8 kernel for stay float on CPU (the Edge TPU's "
+           "copy is full integer); --io uint8 (default) for CPU and Edge TPU", "config",
            True, True, _int8),
 )}
 

@@ -14,6 +14,7 @@ import html
 import json
 from pathlib import Path
 
+from converter.report import disagreement_cell, drop_cell, layer_name
 from edge_app.runtime import rundir
 from edge_app.runtime.errors import EdgeclsError
 from edge_app.runtime.files import write_text
@@ -219,9 +220,15 @@ def _conversion(conversion: dict | None) -> str:
         verdict = "<span class=pass>pass</span>" if v.get("passed") else \
             "<span class=fail>FAIL</span> " + _e("; ".join(v.get("failures", [])))
         lat = v.get("latency_ms") or {}
-        rows.append([_e(v["quant"]), f"{v['size_bytes'] / 1e6:.2f} MB", _pct(v.get("accuracy")),
-                     f"{v.get('accuracy_drop_pp', 0):+.2f}", _pct(v.get("agreement")),
-                     f"{lat.get('p50', 0):.2f} / {lat.get('p90', 0):.2f}", verdict])
+        notes = []
+        if v.get("kept_float"):
+            notes.append("kept float for XNNPACK: " + ", ".join(f"{op} ×{n}" for op, n in v["kept_float"]["ops"].items()))
+        if (v.get("repair") or {}).get("kept_layers"):
+            notes.append("repaired: " + ", ".join(layer_name(n) for n in v["repair"]["kept_layers"]) + " in float")
+        rows.append([_e(v["quant"]), f"{v['size_bytes'] / 1e6:.2f} MB", _pct(v.get("accuracy")), _e(drop_cell(v)),
+                     _e(disagreement_cell(v)), _pct(v.get("agreement")),
+                     f"{lat.get('p50', 0):.2f} / {lat.get('p90', 0):.2f}", verdict + "<br>" * bool(notes)
+                     + _e("; ".join(notes))])
     speed = conversion.get("speed") or {}
     verdict = ""
     if speed.get("fastest"):
@@ -230,7 +237,10 @@ def _conversion(conversion: dict | None) -> str:
                    f"<b>{_e(speed.get('smallest', '?'))}</b>" + (f" (speed vs fp32: {_e(ratios)})" if ratios else "") + "</p>")
     return ("<h2>Conversion</h2>" + f"<p>float accuracy {_pct(conversion.get('float_accuracy'))} on "
             f"{(conversion.get('check_data') or {}).get('num_images', '?')} held-out images</p>"
-            + _table(["variant", "size", "accuracy", "drop (pp)", "agreement", "p50 / p90 ms", "check"], rows) + verdict)
+            + _table(["variant", "size", "accuracy", "drop (pp) [95% interval]", "lost / gained (p)", "agreement",
+                      "p50 / p90 ms", "check"], rows) + verdict
+            + "<p class=sub>A variant fails when its drop is above the limit and unlikely to be chance: McNemar's "
+              "exact test on the images where it and the float model disagree (p &lt; 0.05).</p>")
 
 
 def _bench(run_dir: Path, bench: dict | None) -> str:

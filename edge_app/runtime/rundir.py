@@ -38,14 +38,16 @@ CPU_PREFERENCE = ("int8", "fp16", "fp32", "dynamic")
 # What edgecls writes into a run directory. A folder holding anything else is not ours to replace.
 OWN_NAMES = (CONFIG, METRICS, LABELS, KERAS_MODEL, HISTORY, CONVERSION, CONVERSION_MD, REPORT, "*.png", "gradcam",
              "model_*.tflite", "model_*.json", "model_*.log", "bench.*", "demo.json", "live.json", "live.jsonl",
-             "held_out.avi")
+             "held_out.avi", ".edgecls-*")
 
 
-def model_file(quant: str, edgetpu: bool = False) -> str:
-    """The file name of a converted model: ``model_int8.tflite``, ``model_int8_edgetpu.tflite``."""
+def model_file(quant: str, edgetpu: bool = False, full_integer: bool = False) -> str:
+    """The file name of a converted model: ``model_int8.tflite``, ``model_int8_edgetpu.tflite``, and
+    ``model_int8_full.tflite`` (every op integer: the Edge TPU compiler's input, when the CPU's int8
+    model keeps some ops in float)."""
     if quant not in QUANTS:
         raise ModelError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
-    return f"model_{quant}{'_edgetpu' if edgetpu else ''}.tflite"
+    return f"model_{quant}{'_full' if full_integer else ''}{'_edgetpu' if edgetpu else ''}.tflite"
 
 
 def best_model(run_dir: str | os.PathLike, device: str = "cpu") -> Path:

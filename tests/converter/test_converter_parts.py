@@ -26,6 +26,7 @@ def test_recipes_and_validation():
         (dict(max_accuracy_drop=-1), "--max-accuracy-drop"),
         (dict(calibration_size=-5), "--calibration-size"),
         (dict(num_threads=0), "--threads"),
+        (dict(repair_budget=0), "--repair-budget"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("-", r"\-")):
             ConvertConfig("run", **bad)
@@ -56,3 +57,27 @@ def test_target_table_is_the_one_source_of_targets():
     assert [r["quant"] for r in rows if r["calibration"]] == ["int8"]
     assert [r["quant"] for r in rows if r["edgetpu_ready"]] == ["int8"]
     assert all(r["file"] == f"model_{r['quant']}.tflite" for r in rows)
+
+
+def test_the_gate_does_not_hinge_on_a_few_images():
+    """McNemar on the paired disagreements: 3 lost vs 0 gained of 200 is noise, 15 vs 2 is a real loss."""
+    from converter.checks import accuracy_fails, gate, paired_drop
+
+    noise = paired_drop(3, 0, 200)
+    assert noise["drop_pp"] == 1.5 and noise["p_value"] == 0.125 and not noise["significant"]
+    assert noise["ci95_pp"][0] < 0 < noise["ci95_pp"][1]
+    real = paired_drop(15, 2, 200)
+    assert real["drop_pp"] == 6.5 and real["significant"] and real["p_value"] == pytest.approx(154 / 2 ** 17, abs=1e-5)
+    assert real["ci95_pp"][0] > 1.0
+    assert paired_drop(0, 0, 200) == {"lost": 0, "gained": 0, "num_images": 200, "drop_pp": 0.0,
+                                      "ci95_pp": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    assert paired_drop(2, 5, 200)["drop_pp"] == -1.5 and not paired_drop(2, 5, 200)["significant"]
+
+    def variant(test):
+        return {"accuracy_drop_pp": test["drop_pp"], "drop_test": test, "latency_ms": {"p50": 1.0}}
+
+    assert gate(variant(noise), 1.0, None) == [] and not accuracy_fails(variant(noise), 1.0)
+    failures = gate(variant(real), 1.0, None)
+    assert len(failures) == 1 and "15 images lost, 2 gained" in failures[0]
+    assert gate(variant(real), 10.0, None) == []  # significant, but within the limit
+    assert gate(variant(noise), 1.0, 0.5) == ["p50 latency 1.00 ms > --max-latency-ms 0.5 ms"]
