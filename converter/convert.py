@@ -25,7 +25,7 @@ from converter.checks import (
 )
 from converter.config import ConvertConfig
 from converter.edgetpu import compile_model
-from converter.graph import inspect_flatbuffer, xnnpack_partitions
+from converter.graph import inspect_flatbuffer, size_breakdown, strip_tensor_names, xnnpack_partitions
 from converter.int8 import build_cpu_int8
 from converter.reference import ReferenceModel
 from converter.report import SCHEMA, summarize_speed, write_reports
@@ -133,15 +133,18 @@ def _edgetpu(full_integer: bytes, int8: dict, out_dir: Path, base_metadata: dict
     source = Path(int8["path"])
     if int8.get("kept_float") or (int8.get("repair") or {}).get("kept_layers"):
         source = out_dir / model_file("int8", full_integer=True)
-        write_bytes(source, embed_metadata(full_integer, {**metadata, "full_integer": True}, labels))
+        write_bytes(source, embed_metadata(strip_tensor_names(full_integer), {**metadata, "full_integer": True},
+                                           labels))
     result = compile_model(full_integer, source, metadata, labels)
     (log.info if result["status"] == "compiled" else log.warning)("Edge TPU: %s", result["message"])
     return result
 
 
 def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, labels: list[str], checks: Checks,
-                     config: ConvertConfig, threads: int) -> dict:
-    """Write one variant with its metadata, prove it, and embed the proof in it."""
+                     config: ConvertConfig, threads: int, announce: bool = True) -> dict:
+    """Write one variant with its metadata, prove it, and embed the proof in it (``announce``: log the result;
+    off for the candidates int8 compares internally)."""
+    data = strip_tensor_names(data)
     metadata = {**base_metadata, "quant": quant}
     write_bytes(path, embed_metadata(data, metadata, labels))
     variant = _check(quant, path, data, labels, checks, config, threads)
@@ -151,10 +154,12 @@ def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, l
     write_bytes(path, embed_metadata(data, metadata, labels))
     write_json(path.with_suffix(".json"), {**metadata, "labels": labels})
     variant["size_bytes"] = path.stat().st_size
-    log.info("%s: %s, accuracy %.2f%% (drop %+.2f pp), agreement %.2f%%, p50 %.2f ms%s", quant,
+    variant["size_breakdown"] = size_breakdown(path.read_bytes())
+    say = log.info if announce else log.debug
+    say("%s: %s, accuracy %.2f%% (drop %+.2f pp), agreement %.2f%%, p50 %.2f ms%s", quant,
              path.name, 100 * variant["accuracy"], variant["accuracy_drop_pp"], 100 * variant["agreement"],
              variant["latency_ms"]["p50"], "" if variant["passed"] else " FAILED: " + "; ".join(variant["failures"]))
-    for warning in variant["warnings"]:
+    for warning in variant["warnings"] if announce else ():
         log.warning("%s: %s", quant, warning)
     return variant
 

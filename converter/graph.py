@@ -166,3 +166,50 @@ def delegate_partitions(data: bytes, num_threads: int = 1) -> tuple[int, dict[st
         interpreter = load_runtime().interpreter_class(model_content=data, num_threads=num_threads)
         interpreter.allocate_tensors()
     return (*xnnpack_partitions(interpreter), splitting_ops(interpreter))
+
+
+def size_breakdown(data: bytes) -> dict[str, int]:
+    """Where a model's bytes go: weights by type, per-channel quantization parameters (float32 scales and
+    int64 zero points, one each per output channel: the runtime insists on both), tensor names, the
+    embedded metadata archive, and the rest (graph structure)."""
+    from edge_app.runtime.artifact import flatbuffer_part
+
+    schema = _schema()
+    flatbuffer = flatbuffer_part(data)
+    model = schema.Model.GetRootAsModel(bytearray(flatbuffer), 0)
+    type_names = _names(schema.TensorType)
+    out = {"total": len(data), "metadata_archive": len(data) - len(flatbuffer)}
+    graph = model.Subgraphs(0)
+    seen: set[int] = set()
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        out["tensor_names"] = out.get("tensor_names", 0) + len(tensor.Name() or b"")
+        quant = tensor.Quantization()
+        if quant is not None:
+            out["quantization_params"] = out.get("quantization_params", 0) + 4 * quant.ScaleLength() + \
+                8 * quant.ZeroPointLength()
+        buffer = tensor.Buffer()
+        if buffer in seen:
+            continue
+        seen.add(buffer)
+        size = model.Buffers(buffer).DataLength() or (model.Buffers(buffer).Size() if model.Buffers(buffer).Offset() else 0)
+        if size:
+            key = f"weights_{type_names.get(tensor.Type(), '?').lower()}"
+            out[key] = out.get(key, 0) + size
+    out["structure"] = out["total"] - sum(v for k, v in out.items() if k != "total")
+    return out
+
+
+def strip_tensor_names(data: bytes) -> bytes:
+    """The flatbuffer without the names of its inner tensors (TensorFlow's long op-path strings: 5% of a small
+    int8 model). Input and output names and the signatures stay; kernels and delegates never read names."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    for graph in model.subgraphs:
+        keep = set(graph.inputs.tolist() if hasattr(graph.inputs, "tolist") else graph.inputs) | \
+            set(graph.outputs.tolist() if hasattr(graph.outputs, "tolist") else graph.outputs)
+        for index, tensor in enumerate(graph.tensors):
+            if index not in keep:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

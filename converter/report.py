@@ -57,9 +57,10 @@ def disagreement_cell(v: dict) -> str:
 
 
 def layer_name(node: str) -> str:
-    """The Keras layer of a TFLite tensor name: ``model/dense_1/MatMul;model/dense_1/BiasAdd`` → ``dense_1``."""
+    """The Keras layer of a TFLite tensor name: ``model/dense_1/MatMul;model/dense_1/BiasAdd`` → ``dense_1``,
+    ``model/MobileNetV3Small_1/expanded_conv_project_1/convolution`` → ``expanded_conv_project_1``."""
     parts = node.split(";")[0].split("/")
-    return parts[1] if len(parts) > 2 else parts[0]
+    return parts[-2] if len(parts) > 2 else parts[0]
 
 
 def _kept_float(v: dict) -> list[str]:
@@ -77,14 +78,38 @@ def _kept_float(v: dict) -> list[str]:
             "runs these ops in int8: its model stays full integer."]
 
 
+_SIZE_PARTS = {"weights_int8": "int8 weights", "weights_float32": "float32 weights", "weights_float16": "float16 weights",
+               "weights_int32": "int32 biases", "quantization_params": "quantization parameters",
+               "tensor_names": "tensor names", "metadata_archive": "metadata and labels", "structure": "graph structure"}
+
+
+def _sizes(variants: list[dict]) -> list[str]:
+    """Where each variant's bytes go (per-channel int8 carries a float32 scale and an int64 zero point per
+    output channel of every weight and bias: on a small model that is a fifth of the file)."""
+    rows = [v for v in variants if v.get("size_breakdown")]
+    if not rows:
+        return []
+    parts = [k for k in _SIZE_PARTS if any(v["size_breakdown"].get(k) for v in rows)]
+    lines = ["", "## Where the bytes go", "", "| variant | " + " | ".join(_SIZE_PARTS[k] for k in parts) + " |",
+             "|---|" + "---|" * len(parts)]
+    for v in rows:
+        total = v["size_breakdown"]["total"]
+        lines.append(f"| {v['quant']} | " + " | ".join(
+            f"{_mb(v['size_breakdown'].get(k, 0))} ({100 * v['size_breakdown'].get(k, 0) / total:.0f}%)"
+            for k in parts) + " |")
+    return lines + ["", "Inner tensor names are stripped (kernels never read them). Per-channel int8 stores a "
+                        "float32 scale and an int64 zero point for every output channel of every weight and bias "
+                        "(the runtime requires both), so small layers pay more than their int8 weights."]
+
+
 def _repair(v: dict) -> list[str]:
     repair = v.get("repair")
     if not repair:
         return []
-    outcome = {"passed": "the gate passes", "budget": f"the budget of {repair['layer_budget']} layers was spent",
+    outcome = {"passed": "the drop is within the limit", "budget": f"the budget of {repair['layer_budget']} layers was spent",
                "latency": f"the model got slower than {repair['latency_limit_ms']} ms"}[repair["result"]]
     lines = ["", f"## Repair of {v['quant']}", "",
-             f"The check failed, so the layers that quantize worst (each int8 layer against its float twin, "
+             f"int8 lost more than the limit, so the layers that quantize worst (each int8 layer against its float twin, "
              f"in quantization steps) were kept in float, a few at a time. Stopped because {outcome}"
              + ("" if repair["result"] == "passed" else "; the unrepaired model was kept") + ".", "",
              "| layers in float | accuracy | drop (pp) | p | p50 ms | size | passed |", "|---|---|---|---|---|---|---|"]
@@ -133,6 +158,7 @@ def render_markdown(report: dict) -> str:
                   + f". Smallest: {speed.get('smallest')}."]
     for v in report["variants"]:
         lines += _kept_float(v) + _repair(v)
+    lines += _sizes(report["variants"])
     warnings = [(v["quant"], w) for v in report["variants"] for w in v.get("warnings", [])]
     if warnings:
         lines += ["", "## Warnings", ""] + [f"- **{q}**: {w}" for q, w in warnings]

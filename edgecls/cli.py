@@ -121,6 +121,7 @@ def main(argv: Sequence[str] | None = None, commands: Mapping[str, Command] | No
 EDGE_COMMANDS = {
     "classify": Command("edge_app.classify", "classify image files with a .tflite model"),
     "run": Command("edge_app.live.app", "live classification from a camera, video, stream or folder"),
+    "learn": Command("edge_app.learn.cli", "teach a .tflite classifier new classes from photos, on the device"),
 }
 
 COMMANDS = {

@@ -69,6 +69,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         _conversion(run["conversion"]),
         _bench(run_dir, run["bench"]),
         _live(run["live"]),
+        _learned(run_dir, run),
         _device(run),
     ]
     page = (f"<!doctype html><html lang=en><meta charset=utf-8><title>edgecls — {_e(run_dir.name)}</title>"
@@ -268,6 +269,24 @@ def _live(live: dict | None) -> str:
             f"<p>{live.get('frames', 0)} frames of {_e(live.get('source', ''))} at {live.get('fps', 0):.1f} FPS"
             + (f"; label accuracy {_pct(live['accuracy'])}" if live.get("accuracy") is not None else "")
             + (f"; median per frame: {_e(split)}" if split else "") + "</p>")
+
+
+def _learned(run_dir: Path, run: dict) -> str:
+    """Trained from scratch beside learned on a pretrained embedding (``edgecls learn``), on the same test photos."""
+    learned = _load((run_dir / rundir.LEARNED).with_suffix(".learn.json"))
+    if not learned or not learned.get("test"):
+        return ""
+    metrics, int8 = run["metrics"] or {}, _int8(run["conversion"]) or {}
+    trained_s = (metrics.get("timing") or {}).get("scratch_epoch_s", 0) * metrics.get("epochs_trained", 0)
+    rows = [["trained from scratch (int8)", _pct(int8.get("accuracy", metrics.get("test_accuracy"))),
+             f"≈{trained_s:.0f} s" if trained_s else "—", f"{int8.get('size_bytes', 0) / 1e6:.2f} MB",
+             f"{(int8.get('latency_ms') or {}).get('p50', 0):.2f}"],
+            [f"learned on ImageNet MobileNetV2 features ({_e(learned['head'])} head)",
+             _pct(learned["test"]["accuracy"]), f"{sum(learned['seconds'].values()):.0f} s",
+             f"{learned['size_bytes'] / 1e6:.2f} MB", f"{(learned.get('latency_p50_ms') or {}).get('learned', 0):.2f}"]]
+    return ("<h2>What a pretrained embedding buys</h2><p class=sub>the same training photos and the same test "
+            f"split ({learned['test']['num_images']} images); <code>edgecls learn</code> needs no TensorFlow and "
+            "runs on the device</p>" + _table(["model", "test accuracy", "time", "size", "p50 ms"], rows))
 
 
 def _device(run: dict) -> str:

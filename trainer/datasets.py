@@ -13,242 +13,31 @@ not a resize mismatch.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime.errors import ImageError, TrainError
-from edge_app.runtime.rundir import SPLITS
+from edge_app.runtime.dataset import TRAIN_SUFFIXES, Dataset, Sample, log_summary  # noqa: F401  (the trainer's API)
+from edge_app.runtime.dataset import scan as scan_folders
+from edge_app.runtime.errors import TrainError
 
 log = logging.getLogger("edgecls")
 
-# What the trainer reads; TIFF is left out on purpose: the tf-free device decoder reads it, but
-# leaf/camera datasets never use it and a stray .tif is more often a scan than a sample.
-TRAIN_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Below this many bytes of decoded pixels the cache stays in memory; above, it goes to a file.
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
 
-Sample = tuple[str, int]  # (path relative to data_dir, class index)
-
-
-@dataclass
-class Dataset:
-    """A scanned dataset: labels, the three splits, and what was skipped."""
-
-    data_dir: Path
-    labels: list[str]
-    splits: dict[str, list[Sample]]
-    split_source: dict[str, str]
-    skipped: list[dict] = field(default_factory=list)
-
-    def paths(self, split: str) -> list[str]:
-        return [str(self.data_dir / rel) for rel, _ in self.splits[split]]
-
-    def targets(self, split: str) -> np.ndarray:
-        return np.array([index for _, index in self.splits[split]], np.int64)
-
-    def class_counts(self) -> dict[str, dict[str, int]]:
-        """``{split: {label: count}}``, every label present (zeros included)."""
-        counts = {}
-        for split, samples in self.splits.items():
-            n = np.bincount([i for _, i in samples], minlength=len(self.labels))
-            counts[split] = {label: int(c) for label, c in zip(self.labels, n, strict=True)}
-        return counts
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in TRAIN_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-
-
-def _scan_classes(root: Path, labels: Sequence[str] | None = None) -> dict[str, list[Path]]:
-    folders = _class_folders(root)
-    if not folders:
-        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in TRAIN_SUFFIXES]
-        if loose:
-            raise TrainError(
-                f"{root} holds {len(loose)} images but no class folders; put each class's "
-                "images in its own sub-folder (DATA/<class>/*.jpg)"
-            )
-        raise TrainError(
-            f"{root} is empty: no class folders; give a folder of class sub-folders "
-            "(DATA/<class>/*.jpg) with jpg/png/bmp/webp images"
-        )
-    found = {}
-    for folder in folders:
-        if labels is not None and folder.name not in labels:
-            raise TrainError(
-                f"{folder} is a class that train/ does not have; rename it to one of "
-                f"{list(labels)} or add it to train/"
-            )
-        images = _images_in(folder)
-        if not images:
-            raise TrainError(
-                f"class folder {folder} has no images (jpg/png/bmp/webp); add images or remove the folder"
-            )
-        found[folder.name] = images
-    return found
-
-
-def _verify(paths: list[Path]) -> list[dict]:
-    """Decode every image once (threads: OpenCV releases the GIL); return the unreadable ones."""
-    from tqdm import tqdm
-
-    from edge_app.runtime import read_image
-
-    def check(path: Path) -> dict | None:
-        try:
-            read_image(path)
-        except ImageError as e:
-            return {"path": str(path), "error": str(e)}
-        return None
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = list(
-            tqdm(
-                pool.map(check, paths),
-                total=len(paths),
-                desc="checking images",
-                unit="img",
-                leave=False,
-                disable=len(paths) < 200,
-            )
-        )
-    return [r for r in results if r is not None]
-
-
 def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed: int = 42) -> Dataset:
-    """Find classes and images under ``data_dir``, drop unreadable images, and split.
-
-    Raises:
-        TrainError: an empty dataset, an empty class folder, a single class, a class left with
-            no readable images, or a class too small to split.
+    """:func:`edge_app.runtime.dataset.scan` with the trainer's error (at least two classes).
 
     Example:
         >>> ds = scan(Path("plants"), seed=1)
         >>> ds.labels, len(ds.splits["test"])
     """
-    data_dir = Path(data_dir).resolve()
-    layout = {s: data_dir / s for s in SPLITS if (data_dir / s).is_dir()}
-    if "train" in layout:
-        found = {"train": _scan_classes(layout["train"])}
-        labels = sorted(found["train"])
-        for split in ("val", "test"):
-            if split in layout:
-                found[split] = _scan_classes(layout[split], labels)
-    else:
-        if layout:
-            raise TrainError(
-                f"{data_dir} has {'/'.join(layout)}/ but no train/ folder; add train/ or use "
-                "one folder per class"
-            )
-        found = {"train": _scan_classes(data_dir)}
-        labels = sorted(found["train"])
-    if len(labels) < 2:
-        raise TrainError(
-            f"{data_dir} has a single class ({labels[0]!r}); a classifier needs at least two class folders"
-        )
-
-    every = [p for per_class in found.values() for images in per_class.values() for p in images]
-    skipped = _verify(every)
-    bad = {Path(s["path"]) for s in skipped}
-    for s in skipped:
-        log.warning("skipping %s", s["error"])
-    for split, per_class in found.items():
-        for label, images in per_class.items():
-            if all(p in bad for p in images):
-                raise TrainError(
-                    f"class folder {layout.get(split, data_dir) / label} has "
-                    f"no readable images ({len(images)} corrupt); replace them or remove the folder"
-                )
-
-    def samples(per_class: dict[str, list[Path]]) -> dict[int, list[str]]:
-        return {
-            labels.index(label): [str(p.relative_to(data_dir)) for p in images if p not in bad]
-            for label, images in per_class.items()
-        }
-
-    splits: dict[str, list[Sample]] = {}
-    source = {}
-    pool = samples(found["train"])
-    carve = [s for s in ("val", "test") if s not in found]
-    fractions = {"val": val_split, "test": test_split}
-    rng = np.random.default_rng(seed)
-    carved: dict[str, list[Sample]] = {s: [] for s in carve}
-    train: list[Sample] = []
-    for index in sorted(pool):
-        files = pool[index]
-        order = rng.permutation(len(files))
-        n_take = {s: max(1, round(len(files) * fractions[s])) for s in carve}
-        if len(files) - sum(n_take.values()) < 1:
-            raise TrainError(
-                f"class {labels[index]!r} has {len(files)} readable images: too few to carve "
-                f"{'/'.join(carve)} splits from it; add images (at least {sum(n_take.values()) + 1}) "
-                "or provide val/ and test/ folders"
-            )
-        start = 0
-        for s in carve:
-            carved[s] += [(files[i], index) for i in order[start : start + n_take[s]]]
-            start += n_take[s]
-        train += [(files[i], index) for i in order[start:]]
-    splits["train"] = sorted(train)
-    source["train"] = ("train/" if "train" in layout else "the class folders") + (
-        f", less the carved {' and '.join(carve)}" if carve else ""
-    )
-    for s in ("val", "test"):
-        if s in found:
-            splits[s] = sorted((f, i) for i, files in samples(found[s]).items() for f in files)
-            source[s] = f"{s}/"
-        else:
-            splits[s] = sorted(carved[s])
-            source[s] = (
-                f"carved from {'train/' if 'train' in layout else 'the class folders'} "
-                f"({fractions[s]:.0%} per class, seed {seed})"
-            )
-    return Dataset(data_dir, labels, splits, source, skipped)
+    return scan_folders(data_dir, val_split, test_split, seed, min_classes=2, error=TrainError)
 
 
 # ----------------------------------------------------------------------------------------- tf.data
-
-
-def log_summary(dataset: Dataset) -> None:
-    """Classes, counts per split, skipped images and imbalance, on the log."""
-    counts = dataset.class_counts()
-    total = {label: sum(counts[s][label] for s in counts) for label in dataset.labels}
-    log.info(
-        "%d classes, %d images (train %d, val %d, test %d)%s",
-        len(dataset.labels),
-        sum(total.values()),
-        *(len(dataset.splits[s]) for s in ("train", "val", "test")),
-        f"; skipped {len(dataset.skipped)} unreadable" if dataset.skipped else "",
-    )
-    for label in dataset.labels:
-        log.info(
-            "  %-30s %6d  (train %d, val %d, test %d)",
-            label,
-            total[label],
-            *(counts[s][label] for s in ("train", "val", "test")),
-        )
-    most, least = max(total.values()), min(total.values())
-    if most >= 3 * least:
-        log.info(
-            "classes are imbalanced (%d:%d); --class-weights auto weighs them inversely to their counts",
-            most,
-            least,
-        )
 
 
 def load_pixels(path: str, size: int) -> np.ndarray:

@@ -71,29 +71,46 @@ def _read_embedded(data: bytes) -> tuple[dict, list[str] | None]:
     return metadata, labels or None
 
 
-def embed_metadata(model: bytes, metadata: dict, labels: list[str] | None = None) -> bytes:
+def flatbuffer_part(model: bytes) -> bytes:
+    """``model`` without the metadata archive appended to it (the bare flatbuffer)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as archive:
+            # zipfile reports offsets from the start of ``model``, prefix included.
+            return model[:min(i.header_offset for i in archive.infolist())]
+    except (zipfile.BadZipFile, ValueError):  # no archive (ValueError: an empty one)
+        return model
+
+
+def read_member(model: bytes, name: str) -> bytes | None:
+    """One file of the archive appended to ``model`` (e.g. a learned model's ``learn.npz``), or ``None``."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as archive:
+            return archive.read(name) if name in archive.namelist() else None
+    except zipfile.BadZipFile:
+        return None
+
+
+def embed_metadata(model: bytes, metadata: dict, labels: list[str] | None = None,
+                   members: dict[str, bytes] | None = None) -> bytes:
     """Return ``model`` with ``metadata`` (and ``labels``) appended as a zip archive.
 
-    An archive already on the model is replaced; its other members are kept.
+    An archive already on the model is replaced; its other members are kept; ``members`` adds files.
 
     Example:
         >>> data = embed_metadata(Path("m.tflite").read_bytes(), {"input_size": [224, 224]}, ["cat", "dog"])
     """
     if not is_tflite(model):
         raise ModelError("embed_metadata needs a TFLite flatbuffer")
-    flatbuffer, kept = model, {}
-    try:
+    flatbuffer, kept = flatbuffer_part(model), {}
+    if len(flatbuffer) < len(model):
         with zipfile.ZipFile(io.BytesIO(model)) as old:
             kept = {n: old.read(n) for n in old.namelist() if n not in (METADATA_NAME, LABELS_NAME)}
-            # zipfile reports offsets from the start of ``model``, prefix included.
-            flatbuffer = model[:min(i.header_offset for i in old.infolist())]
-    except zipfile.BadZipFile:
-        pass
     metadata = dict(metadata)
-    members = dict(kept)
+    members, extra = dict(kept), members
     if labels is not None:
         metadata["labels_file"] = LABELS_NAME
         members[LABELS_NAME] = ("\n".join(labels) + "\n").encode("utf-8")
+    members.update(extra or {})
     members[METADATA_NAME] = json.dumps(metadata, indent=1).encode("utf-8")
     out = io.BytesIO()
     out.write(flatbuffer)

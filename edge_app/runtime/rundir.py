@@ -28,6 +28,7 @@ HISTORY = "history.csv"
 CONVERSION = "conversion.json"
 CONVERSION_MD = "conversion.md"
 REPORT = "report.html"
+LEARNED = "learned.tflite"  # the demo's edgecls-learn model, beside the trained ones
 SPLITS = ("train", "val", "test")
 
 # Every quantization target, in the converter's order. ``converter/targets.py`` has one row per name.
@@ -38,7 +39,7 @@ CPU_PREFERENCE = ("int8", "fp16", "fp32", "dynamic")
 # What edgecls writes into a run directory. A folder holding anything else is not ours to replace.
 OWN_NAMES = (CONFIG, METRICS, LABELS, KERAS_MODEL, HISTORY, CONVERSION, CONVERSION_MD, REPORT, "*.png", "gradcam",
              "model_*.tflite", "model_*.json", "model_*.log", "bench.*", "demo.json", "live.json", "live.jsonl",
-             "held_out.avi", ".edgecls-*")
+             "held_out.avi", ".edgecls-*", "learned.*")
 
 
 def model_file(quant: str, edgetpu: bool = False, full_integer: bool = False) -> str:

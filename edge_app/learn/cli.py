@@ -1,0 +1,75 @@
+"""``edgecls learn``: fit a new head on any TFLite classifier's embedding, on the device, and write a standalone model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from edge_app.runtime.flags import add_normalization, add_threads
+
+log = logging.getLogger("edgecls")
+
+EPILOG = """\
+examples:
+  edgecls learn leaves/ --out leaves.tflite                  # the shipped ImageNet MobileNetV2 as the base
+  edgecls learn leaves/ --out leaves.tflite --head imprint   # from 1-5 photos per class
+  edgecls learn more/ --base leaves.tflite --out leaves2.tflite     # add classes and examples, no old photos
+  edgecls learn mold/ --base model_int8.tflite --keep-classes --out potato+mold.tflite
+  edgecls learn leaves/ --base extractor_edgetpu.tflite --device edgetpu --out leaves_edgetpu.tflite
+  edgecls classify leaves.tflite leaf.jpg                    # the output is an ordinary classifier
+
+DATA is a folder of class sub-folders (DATA/<class>/*.jpg), or train/ (+ val/, test/) folders as
+edgecls train takes. Per class, 20% of the photos (classes with 5 or more) are held out to check the
+head and stop its fitting; test/ is checked too when given. The report goes beside the model
+(NAME.learn.json, NAME.learn.md). Needs no TensorFlow: numpy and a TFLite runtime are enough.
+
+heads: imprint = normalised class means (good from 1-5 photos per class); softmax = logistic
+regression fitted in numpy (better from ~10 per class); auto = softmax when every class has 5 or more.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edge_app.learn.heads import HEADS
+
+    parser.epilog = EPILOG
+    parser.add_argument("data", metavar="DATA", help="folder of class sub-folders (or train/, val/, test/)")
+    parser.add_argument("--out", required=True, metavar="MODEL.tflite", help="the learned model to write")
+    parser.add_argument("--base", default=None, metavar="MODEL",
+                        help="a .tflite classifier, embedding model or learned model; unset: the shipped ImageNet "
+                             "MobileNetV2 (Coral, Apache-2.0)")
+    parser.add_argument("--head", default="auto", choices=HEADS, help="how the new layer is fitted")
+    parser.add_argument("--val-split", type=float, default=0.2, metavar="F",
+                        help="share of each class's photos held out to check and stop on")
+    parser.add_argument("--keep-classes", action="store_true",
+                        help="keep a plain classifier's own classes (its final layer) and add DATA's")
+    parser.add_argument("--labels", default=None, metavar="FILE",
+                        help="the base's labels, for --keep-classes when it carries none")
+    parser.add_argument("--embedding", default=None, metavar="TENSOR",
+                        help="the embedding tensor's name or index, when it is not the input of the final layer")
+    parser.add_argument("--device", default="cpu", help="cpu, or edgetpu for an Edge TPU embedding extractor")
+    add_threads(parser)
+    add_normalization(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and the fit")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+
+    from edge_app.learn.learn import LearnConfig, learn
+
+    report = learn(LearnConfig(
+        data=Path(args.data), out=Path(args.out), base=Path(args.base) if args.base else None, head=args.head,
+        val_split=args.val_split, seed=args.seed, num_threads=args.num_threads, device=args.device,
+        embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    checked = [f"{part} accuracy {100 * report[part]['accuracy']:.1f}% (balanced "
+               f"{100 * report[part]['balanced_accuracy']:.1f}%) on {report[part]['num_images']} images"
+               for part in ("val", "test") if report.get(part)]
+    print(f"{report['model']}: {len(report['labels'])} classes, head {report['head']}; "
+          + ("; ".join(checked) or "no held-out photos to check on")
+          + f"; {report['size_bytes'] / 1e6:.2f} MB; report {Path(report['model']).with_suffix('.learn.md')}")
+    return 0

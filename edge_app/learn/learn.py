@@ -1,0 +1,355 @@
+"""``learn(LearnConfig)``: teach a TFLite classifier new classes on the device, from a folder of photos, without TensorFlow.
+
+1. The base model (default: Coral's ImageNet MobileNetV2, shipped in the package) is cut at its
+   embedding, the tensor that feeds its final classification layer.
+2. Every photo is embedded once, exactly as the device runs the model (the runtime's decode and
+   pre-processing), streamed.
+3. A head is fitted in numpy on the embeddings (``heads``), checked on the validation part.
+4. The output is a standalone TFLite classifier, the base graph up to the embedding plus the new
+   fully connected + softmax layers, with labels and metadata embedded, and with what extending it
+   later needs: per-class sums of normalised embeddings and up to ``SAMPLES_PER_CLASS`` embeddings
+   per class (in the base's own tensor type: 1,280 bytes each for Coral's uint8 MobileNetV2).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.learn import graph, heads, rewrite
+from edge_app.learn.embed import Embedder
+from edge_app.learn.report import evaluate, write_reports
+from edge_app.runtime.artifact import embed_metadata, read_artifact, read_member
+from edge_app.runtime.dataset import scan
+from edge_app.runtime.errors import (
+    ConfigError,
+    DataError,
+    LabelsError,
+    ModelError,
+    check_normalization,
+    check_threads,
+)
+from edge_app.runtime.files import check_writable, write_bytes
+from edge_app.runtime.labels import match_labels, read_labels
+
+log = logging.getLogger("edgecls")
+
+MODELS = Path(__file__).parent / "models"
+DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
+STATE = "learn.npz"  # the archive member a learned model carries for extending it
+SAMPLES_PER_CLASS = 128
+MIN_VAL_CLASS = 5  # a class with fewer images gives none to the validation part
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """One ``edgecls learn`` run.
+
+    Attributes:
+        data: folder of class sub-folders (or ``train/`` with optional ``val/`` and ``test/``).
+        out: the ``.tflite`` to write; the reports go beside it (``NAME.learn.json``/``.md``).
+        base: a TFLite image classifier, an embedding model, or a model ``learn`` wrote (then its classes
+            are kept and extended); ``None`` = the shipped ImageNet MobileNetV2.
+        head: ``auto``, ``imprint`` or ``softmax``.
+        val_split: share of each class's images (classes with 5 or more) held out to check and stop on.
+        keep_classes: keep a plain classifier's own classes (its final layer's weights) and add the new ones.
+        embedding: the embedding tensor's name or index, when the search does not find it.
+        labels: the base's label file, for ``keep_classes`` when the base carries none.
+        mean, std: the base's input normalization when its metadata has none (float bases).
+
+    Example:
+        >>> report = learn(LearnConfig(data=Path("leaves"), out=Path("leaves.tflite")))
+        >>> report["val"]["accuracy"]
+    """
+
+    data: Path
+    out: Path
+    base: Path | None = None
+    head: str = "auto"
+    val_split: float = 0.2
+    seed: int = 0
+    num_threads: int | None = None
+    device: str = "cpu"
+    embedding: str | None = None
+    keep_classes: bool = False
+    labels: Path | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__.__get__(self)
+        for name in ("data", "out", "base", "labels"):
+            if getattr(self, name) is not None:
+                set_(name, Path(getattr(self, name)))
+        if self.head not in heads.HEADS:
+            raise ConfigError(f"unknown --head {self.head!r}; choose {', '.join(heads.HEADS)}")
+        if not 0 <= self.val_split < 0.9:
+            raise ConfigError(f"--val-split must be in [0, 0.9), got {self.val_split}")
+        if self.out.suffix != ".tflite":
+            raise ConfigError(f"--out {self.out} must end in .tflite")
+        check_threads(self.num_threads, error=ConfigError)
+        check_normalization(self.mean, self.std, ConfigError)
+        if not self.data.is_dir():
+            raise DataError(f"{self.data} is not a folder; give a folder of class sub-folders (DATA/<class>/*.jpg)")
+        check_writable(self.out.parent, "--out", inside=True)
+
+
+def learn(config: LearnConfig) -> dict:
+    """Embed, fit, check and write; returns the report (also written beside the model)."""
+    started = time.monotonic()
+    base_path = config.base or DEFAULT_BASE
+    base = _read_base(base_path)
+    model = graph.read_model(base)
+    artifact = read_artifact(base_path)
+    state = _read_state(base, base_path)
+    embedding = graph.find_embedding(model, config.embedding or (artifact.metadata.get("learn") or {}).get("embedding"))
+    log.info("base %s: embedding %s %s (%s, %d values)%s", base_path.name, embedding.name, list(embedding.shape),
+             embedding.dtype, embedding.width,
+             f", feeding its {embedding.num_classes}-class {embedding.classifier}" if embedding.classifier else "")
+
+    old_labels, old_head = [], None
+    if state is not None:
+        old_labels = list(state["labels"])
+    elif config.keep_classes:
+        if embedding.classifier is None:
+            raise ModelError(f"--keep-classes: {base_path} has no classification layer after its embedding "
+                             f"{embedding.name}; it is an embedding model, learn new classes without --keep-classes")
+        old_labels = _base_labels(artifact, base_path, config.labels, embedding.num_classes)
+        old_head = graph.classifier_weights(model, embedding)
+
+    root = config.data / "train" if (config.data / "train").is_dir() else config.data
+    dataset = scan(root, val_split=0.0, test_split=0.0, seed=config.seed, min_classes=1 if old_labels else 2,
+                   verify=False)
+    labels = _merge_labels(old_labels, dataset.labels, root)
+    embedder = Embedder(rewrite.cut_at(model, embedding), artifact.metadata, config.device, config.num_threads,
+                        config.mean, config.std, base_path.name)
+    parts = _split(dataset, labels, config.data, config.val_split, config.seed)
+    raw, skipped = {}, []
+    for part, (paths, targets) in parts.items():
+        if paths:
+            vectors, kept, bad = embedder.embed(paths, desc=f"embedding {part}")
+            raw[part] = (vectors, targets[kept])
+            skipped += bad
+    _check_readable(dataset, raw, labels, skipped)
+    embed_s = time.monotonic() - started
+
+    # The validation part measures a head fitted without it; the model written is then fitted on every photo
+    # (with few photos per class, each one held back costs more than early stopping on a handful buys).
+    fitted = {}
+    for parts in (("train",), tuple(p for p in ("train", "val") if p in raw)):
+        if parts not in fitted:
+            fitted[parts] = _fit_parts(raw, parts, state, old_labels, old_head, labels, embedder, config)
+    check, final = fitted[("train",)], fitted[tuple(p for p in ("train", "val") if p in raw)]
+    head, counts = final["head"], final["counts"]
+    log.info("head: %s (%s), %d classes from %d images (%s per class)", head.kind,
+             "chosen by images per class" if config.head == "auto" else "--head", len(labels), int(counts.sum()),
+             f"{counts.min()}-{counts.max()}")
+    fit_s = time.monotonic() - started - embed_s
+    results = {}
+    if "val" in raw:
+        results["val"] = evaluate(check["head"].scores(embedder.dequantize(raw["val"][0])).argmax(1), raw["val"][1],
+                                  labels)
+    if "test" in raw:
+        results["test"] = evaluate(head.scores(embedder.dequantize(raw["test"][0])).argmax(1), raw["test"][1], labels)
+    sums, samples, sample_y = final["sums"], final["samples"], final["sample_labels"]
+    data = rewrite.with_head(model, embedding, head.weights, head.bias)
+    metadata = _metadata(artifact.metadata, base_path, base, embedding, head, labels, old_labels, config)
+    state_bytes = _state_bytes(labels, sums, counts, samples, sample_y, embedding)
+    write_bytes(config.out, embed_metadata(data, metadata, labels, {STATE: state_bytes}))
+    report = {
+        "schema": "edgecls.learn/1", "model": str(config.out), "base": str(base_path), "data": str(config.data),
+        "embedding": {"name": embedding.name, "width": embedding.width, "dtype": embedding.dtype},
+        "head": head.kind, "labels": labels, "new_labels": [label for label in labels if label not in old_labels],
+        "kept_labels": old_labels, "images": {part: int(len(t)) for part, (_, t) in raw.items()},
+        "images_per_class": {label: int(n) for label, n in zip(labels, counts, strict=True)},
+        "skipped": skipped, **results, "seconds": {"embedding": round(embed_s, 2), "fit": round(fit_s, 2)},
+        "embedding_rate_img_s": round(sum(len(t) for _, t in raw.values()) / max(embed_s, 1e-9), 1),
+        "size_bytes": config.out.stat().st_size, "created": metadata["learn"]["created"],
+    }
+    report["latency_p50_ms"] = _latency(config.out, base_path, config)
+    write_reports(config.out, report)
+    return report
+
+
+def _latency(model: Path, base: Path, config: LearnConfig) -> dict:
+    """p50 of the learned model and of its base on this machine (the runtime's one timer): the new head's cost."""
+    from edge_app.runtime import ImageClassifier
+    from edge_app.runtime.timing import latency_stats, time_invokes
+
+    out = {}
+    for name, path in (("learned", model), ("base", base)):
+        try:
+            classifier = ImageClassifier(path, device=config.device, num_threads=config.num_threads)
+        except (ModelError, LabelsError) as e:  # e.g. an embedding model: no classifier output to time
+            log.debug("not timing %s: %s", path, e)
+            continue
+        out[name] = round(latency_stats(time_invokes(classifier, runs=50, warmup=5)[1])["p50"], 3)
+    return out
+
+
+def _read_base(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise ModelError(f"--base {path} does not exist; pass a .tflite image classifier, or leave --base out "
+                         "for the shipped ImageNet MobileNetV2") from e
+    except OSError as e:
+        raise ModelError(f"cannot read --base {path}: {e.strerror}") from e
+
+
+def _read_state(base: bytes, path: Path) -> dict | None:
+    blob = read_member(base, STATE)
+    if blob is None:
+        return None
+    try:
+        with np.load(io.BytesIO(blob)) as state:
+            return {k: state[k] for k in state.files} | {"labels": [str(v) for v in state["labels"]]}
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelError(f"{path} carries a damaged {STATE}; learn from the photos again") from e
+
+
+def _base_labels(artifact, path: Path, labels_file: Path | None, num_classes: int) -> list[str]:
+    if labels_file is not None:
+        return match_labels(read_labels(labels_file), num_classes, str(labels_file))
+    if artifact.labels:
+        return match_labels(artifact.labels, num_classes, f"the labels embedded in {path.name}")
+    beside = path.parent / "labels.txt"
+    if beside.is_file():
+        return match_labels(read_labels(beside), num_classes, str(beside))
+    raise LabelsError(f"--keep-classes needs the labels of {path}: it carries none and there is no labels.txt "
+                      "beside it; pass --labels FILE")
+
+
+def _merge_labels(old: list[str], new: list[str], data: Path) -> list[str]:
+    """Old labels first, then new ones; a folder that differs from an old label only in case is an error."""
+    folded = {label.casefold(): label for label in old}
+    for label in new:
+        if label not in old and label.casefold() in folded:
+            raise LabelsError(f"class folder {data / label} differs only in case from the model's class "
+                              f"{folded[label.casefold()]!r}; rename the folder to {folded[label.casefold()]!r} "
+                              "to add examples to it, or give it a clearly different name")
+    return old + [label for label in new if label not in old]
+
+
+def _split(dataset, labels: list[str], data: Path, val_split: float, seed: int) -> dict[str, tuple[list[Path], np.ndarray]]:
+    """The train part, a validation part (``val/`` when given, else carved per class from classes of 5 photos or
+    more), and ``test/`` when given; ``val/`` and ``test/`` may hold any class the model will know."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], [])}
+    given = {part: data / part for part in ("val", "test") if (data / "train").is_dir() and (data / part).is_dir()}
+    by_class: dict[int, list[str]] = {}
+    for rel, i in dataset.splits["train"]:
+        by_class.setdefault(i, []).append(rel)
+    for i, files in sorted(by_class.items()):
+        order = rng.permutation(len(files))
+        carve = val_split and "val" not in given and len(files) >= MIN_VAL_CLASS
+        n_val = max(1, round(len(files) * val_split)) if carve else 0
+        for j, k in enumerate(order):
+            part = "val" if j < n_val else "train"
+            parts[part][0].append(dataset.data_dir / files[k])
+            parts[part][1].append(labels.index(dataset.labels[i]))
+    for part, folder in given.items():
+        found = scan(folder, 0.0, 0.0, seed, min_classes=1, verify=False)
+        for label in found.labels:
+            if label not in labels:
+                raise DataError(f"{folder / label} is a class the model will not know; rename it to one of "
+                                f"{labels} or add it to {data / 'train'}")
+        parts[part] = ([found.data_dir / rel for rel, _ in found.splits["train"]],
+                       [labels.index(found.labels[i]) for _, i in found.splits["train"]])
+    return {part: (paths, np.array(targets, np.int64)) for part, (paths, targets) in parts.items()}
+
+
+def _check_readable(dataset, raw: dict, labels: list[str], skipped: list[dict]) -> None:
+    present = set()
+    for part in ("train", "val"):
+        if part in raw:
+            present |= set(raw[part][1].tolist())
+    for label in dataset.labels:
+        if labels.index(label) not in present:
+            raise DataError(f"class folder {dataset.data_dir / label} has no readable images; replace them or "
+                            "remove the folder")
+    if skipped:
+        log.warning("skipped %d unreadable image(s)", len(skipped))
+
+
+def _sample(raw: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``SAMPLES_PER_CLASS`` embeddings per class, kept in the model for refitting when it is extended."""
+    rng = np.random.default_rng(seed)
+    chosen = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:SAMPLES_PER_CLASS] for c in range(num_classes)]
+                            or [np.zeros(0, np.int64)]).astype(np.int64)
+    return raw[chosen], y[chosen]
+
+
+def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels: list[str], old_head,
+               labels: list[str], embedder: Embedder, config: LearnConfig) -> dict:
+    """The head fitted on the photos of ``parts`` (plus what a learned base remembers), and the state to store."""
+    raw_x = np.concatenate([raw[p][0] for p in parts])
+    raw_y = np.concatenate([raw[p][1] for p in parts])
+    sums = heads.class_means(embedder.dequantize(raw_x), raw_y, len(labels))
+    counts = np.bincount(raw_y, minlength=len(labels))
+    if state is not None:  # what the learned base remembers of its classes: exact sums, a sample of embeddings
+        k = len(old_labels)
+        sums[:k] += state["sums"]
+        counts[:k] += state["counts"]
+        raw_x = np.concatenate([state["samples"].astype(raw_x.dtype), raw_x])
+        raw_y = np.concatenate([state["sample_labels"], raw_y])
+    samples, sample_labels = _sample(raw_x, raw_y, len(labels), config.seed)
+    kind = heads.choose(config.head, counts if old_head is None else counts[len(old_labels):])
+    head = _fit(kind, embedder.dequantize(raw_x), raw_y, sums, labels, old_head, config.seed)
+    return {"head": head, "sums": sums, "counts": counts, "samples": samples, "sample_labels": sample_labels}
+
+
+def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list[str], old_head,
+         seed: int) -> heads.Head:
+    if old_head is None:
+        if kind == "imprint":  # from the exact per-class sums: old classes keep every image they ever saw
+            directions = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            typical = float(np.median(np.linalg.norm(x, axis=1))) or 1.0
+            return heads.Head("imprint", (directions * heads.IMPRINT_SCALE / typical).astype(np.float32),
+                              np.zeros(len(labels), np.float32))
+        return heads.softmax(x, y, len(labels), seed=seed)
+    # --keep-classes on a plain classifier: its rows stay as they are. A new row is the class's imprinted
+    # direction with the old rows' mean norm; its bias is set so the new class outscores every old class on
+    # 95% of its own photos and no more (pooled embeddings are all positive, so an uncalibrated new row,
+    # close to every image, would win everywhere).
+    weights, bias = old_head
+    k, norm = len(weights), float(np.linalg.norm(weights, axis=1).mean())
+    rows, offsets = [], []
+    for c in range(k, len(labels)):
+        own = x[y == c]
+        direction = heads.imprint(own, np.zeros(len(own), np.int64), 1).weights[0]
+        direction /= max(float(np.linalg.norm(direction)), 1e-12)
+        best_old = (own @ weights.T + bias).max(axis=1)
+        rows.append(direction * norm)
+        offsets.append(float(np.quantile(best_old - own @ rows[-1], 0.95)))
+    return heads.Head(f"imprint, {k} classes kept", np.concatenate([weights, np.array(rows)]).astype(np.float32),
+                      np.concatenate([bias, offsets]).astype(np.float32))
+
+
+def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head, labels, old_labels, config) -> dict:
+    from edge_app import __version__
+
+    keep = {k: base_metadata[k] for k in ("input_size", "mean", "std", "channel_order", "center_crop")
+            if k in base_metadata}
+    if config.mean is not None:
+        keep.update(mean=list(config.mean), std=list(config.std))
+    return {"format": "edgecls/1", **keep, "output": "probabilities", "num_classes": len(labels), "quant": "learned",
+            "source_model": base_path.name, "edgecls_version": __version__,
+            "learn": {"embedding": embedding.name, "head": head.kind, "base_sha256": hashlib.sha256(base).hexdigest(),
+                      "kept_classes": len(old_labels), "samples_per_class": SAMPLES_PER_CLASS,
+                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+
+
+def _state_bytes(labels, sums, counts, samples, sample_y, embedding) -> bytes:
+    out = io.BytesIO()
+    np.savez_compressed(out, labels=np.array(labels), sums=sums.astype(np.float32), counts=counts.astype(np.int64),
+                        samples=samples, sample_labels=sample_y.astype(np.int64),
+                        embedding=np.array([embedding.name]))
+    return out.getvalue()

@@ -1,0 +1,79 @@
+"""The report of a learned model, beside it: ``NAME.learn.json`` (machines) and ``NAME.learn.md`` (people)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_app.runtime.files import write_json, write_text
+
+
+def evaluate(predictions: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict:
+    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix (rows: truth)."""
+    n = len(labels)
+    matrix = np.zeros((n, n), np.int64)
+    np.add.at(matrix, (truth, predictions), 1)
+    support, predicted, correct = matrix.sum(axis=1), matrix.sum(axis=0), np.diag(matrix)
+    per_class = {}
+    for i, label in enumerate(labels):
+        if support[i] == 0 and predicted[i] == 0:
+            continue  # a kept class that was neither shown nor predicted
+        precision = correct[i] / predicted[i] if predicted[i] else 0.0
+        recall = correct[i] / support[i] if support[i] else None
+        f1 = 2 * precision * recall / (precision + recall) if recall and precision + recall else 0.0
+        per_class[label] = {"precision": round(float(precision), 4),
+                            "recall": None if recall is None else round(float(recall), 4),
+                            "f1": round(float(f1), 4), "support": int(support[i])}
+    shown = support > 0
+    return {"accuracy": float(correct.sum() / max(1, len(truth))),
+            "balanced_accuracy": float(np.mean(correct[shown] / support[shown])) if shown.any() else None,
+            "num_images": int(len(truth)), "per_class": per_class,
+            "confusion_matrix": {"labels": [labels[i] for i in np.flatnonzero(shown | (predicted > 0))],
+                                 "rows": matrix[np.ix_(shown | (predicted > 0), shown | (predicted > 0))].tolist()}}
+
+
+def report_paths(model: Path) -> tuple[Path, Path]:
+    """``leaves.tflite`` → ``leaves.learn.json``, ``leaves.learn.md``."""
+    return model.with_suffix(".learn.json"), model.with_suffix(".learn.md")
+
+
+def write_reports(model: Path, report: dict) -> tuple[Path, Path]:
+    json_path, md_path = report_paths(model)
+    return write_json(json_path, report), write_text(md_path, render_markdown(report))
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# `{Path(report['model']).name}`: learned on `{report['data']}`", "",
+             f"Base `{Path(report['base']).name}`, embedding `{report['embedding']['name']}` "
+             f"({report['embedding']['width']} values, {report['embedding']['dtype']}); head **{report['head']}**; "
+             f"{len(report['labels'])} classes ({len(report['new_labels'])} new"
+             + (f", {len(report['kept_labels'])} kept" if report["kept_labels"] else "") + "). Images: "
+             + ", ".join(f"{part} {n}" for part, n in report["images"].items())
+             + (f"; {len(report['skipped'])} unreadable skipped" if report["skipped"] else "") + ".",
+             "", f"Embedding {report['seconds']['embedding']} s ({report['embedding_rate_img_s']} images/s), "
+             f"fitting {report['seconds']['fit']} s; model {report['size_bytes'] / 1e6:.2f} MB"
+             + "".join(f"; p50 {name} {ms} ms" for name, ms in (report.get("latency_p50_ms") or {}).items()) + ".", ""]
+    for part in ("val", "test"):
+        result = report.get(part)
+        if not result:
+            continue
+        lines += [f"## {'Validation part' if part == 'val' else 'test/'}: accuracy {_pct(result['accuracy'])}, "
+                  f"balanced {_pct(result['balanced_accuracy'])} on {result['num_images']} images", "",
+                  "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+        lines += [f"| {label} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |"
+                  for label, m in result["per_class"].items()]
+        matrix = result["confusion_matrix"]
+        if len(matrix["labels"]) <= 12:
+            lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+                      "| | " + " | ".join(matrix["labels"]) + " |", "|---|" + "---|" * len(matrix["labels"])]
+            lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |"
+                      for label, row in zip(matrix["labels"], matrix["rows"], strict=True)]
+        lines.append("")
+    if "val" not in report and "test" not in report:
+        lines += ["No validation part (every class has fewer than 5 images, or --val-split 0): accuracy unmeasured.", ""]
+    return "\n".join(lines)
