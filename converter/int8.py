@@ -75,7 +75,7 @@ def build_cpu_int8(child, full: bytes, prove: Callable[[bytes, Path], dict], pat
         if config.repair and variant["accuracy_drop_pp"] > config.max_accuracy_drop:
             limit = max(fp32_p50 or 0.0, variant["latency_ms"]["p50"]) * LATENCY_SLACK
             kept_float = variant.get("kept_float")
-            data, variant = _repair(child, ops, data, variant, prove, folder, path.name, config, limit)
+            variant = _repair(child, ops, variant, prove, folder, path.name, config, limit)
             if kept_float:
                 variant["kept_float"] = kept_float
         chosen = Path(variant["path"])
@@ -85,8 +85,8 @@ def build_cpu_int8(child, full: bytes, prove: Callable[[bytes, Path], dict], pat
     return variant
 
 
-def _repair(child, ops: list[str], data: bytes, variant: dict, prove, folder: Path, name: str, config,
-            latency_limit: float) -> tuple[bytes, dict]:
+def _repair(child, ops: list[str], variant: dict, prove, folder: Path, name: str, config,
+            latency_limit: float) -> dict:
     log.info("int8 loses %.2f pp (limit %g): repairing, keeping the layers that quantize worst in float",
              variant["accuracy_drop_pp"], config.max_accuracy_drop)
     ranking = child.layer_errors(ops=ops)
@@ -95,7 +95,7 @@ def _repair(child, ops: list[str], data: bytes, variant: dict, prove, folder: Pa
     # A quarter of the layers at most: past that the "int8" model is mostly float and should be fp16.
     budget = min(config.repair_budget, max(1, len(ranking) // MAX_FLOAT_SHARE))
     steps = [_step([], variant)]
-    chosen, stop, k = (data, variant), "budget", 1
+    chosen, stop, k = variant, "budget", 1
     while k <= budget:
         kept = ranking[:k]
         candidate_data = child.quantize(ops=ops, nodes=[layer["node"] for layer in kept])
@@ -104,7 +104,7 @@ def _repair(child, ops: list[str], data: bytes, variant: dict, prove, folder: Pa
         log.info("repair: %d layer(s) in float → accuracy %.2f%% (drop %+.2f pp), p50 %.2f ms", k,
                  100 * candidate["accuracy"], candidate["accuracy_drop_pp"], candidate["latency_ms"]["p50"])
         if candidate["accuracy_drop_pp"] <= config.max_accuracy_drop:
-            chosen, stop = (candidate_data, candidate), "passed"
+            chosen, stop = candidate, "passed"
             break
         if candidate["latency_ms"]["p50"] > latency_limit:
             stop = "latency"
@@ -112,7 +112,7 @@ def _repair(child, ops: list[str], data: bytes, variant: dict, prove, folder: Pa
         if k == budget:
             break
         k = min(2 * k, budget)
-    data, variant = chosen
+    variant = chosen
     variant["repair"] = {
         "result": stop, "layer_budget": budget, "latency_limit_ms": round(latency_limit, 3),
         "kept_layers": steps[-1]["kept_layers"] if stop == "passed" else [],
@@ -122,7 +122,7 @@ def _repair(child, ops: list[str], data: bytes, variant: dict, prove, folder: Pa
                     {"budget": f"{budget} layer(s) in float, the budget (--repair-budget, at most a quarter of "
                                "the layers); if int8 loses this much, try more --calibration-data or --quant fp16",
                      "latency": f"slower than {latency_limit:.2f} ms"}[stop])
-    return data, variant
+    return variant
 
 
 def _step(kept: list[dict], variant: dict) -> dict:

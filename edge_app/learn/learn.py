@@ -142,11 +142,10 @@ def learn(config: LearnConfig) -> dict:
 
     # The validation part measures a head fitted without it; the model written is then fitted on every photo
     # (with few photos per class, each one held back costs more than early stopping on a handful buys).
-    fitted = {}
-    for parts in (("train",), tuple(p for p in ("train", "val") if p in raw)):
-        if parts not in fitted:
-            fitted[parts] = _fit_parts(raw, parts, state, old_labels, old_head, labels, embedder, config)
-    check, final = fitted[("train",)], fitted[tuple(p for p in ("train", "val") if p in raw)]
+    every = tuple(p for p in ("train", "val") if p in raw)
+    final = _fit_parts(raw, every, state, old_labels, old_head, labels, embedder, config)
+    check = final if every == ("train",) else \
+        _fit_parts(raw, ("train",), state, old_labels, old_head, labels, embedder, config)
     head, counts = final["head"], final["counts"]
     log.info("head: %s (%s), %d classes from %d images (%s per class)", head.kind,
              "chosen by images per class" if config.head == "auto" else "--head", len(labels), int(counts.sum()),
