@@ -130,7 +130,7 @@ def splitting_ops(interpreter) -> dict[str, int]:
 
 
 def _delegation(interpreter) -> tuple[int, list[dict], dict]:
-    nodes = [n for n in interpreter._get_ops_details()]  # the only node-level view the Python API offers
+    nodes = list(interpreter._get_ops_details())  # the only node-level view the Python API offers
     producer = {}
     for node in nodes:
         if node["op_name"] != "DELEGATE":

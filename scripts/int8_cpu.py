@@ -30,13 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from quant_speed import POTATO, make_splits, write_run  # noqa: E402
+from quant_speed import POTATO, make_splits, potato_pixels, write_run  # noqa: E402
 
-from converter.calibration import float_spec  # noqa: E402
 from converter.checks import measure_latency  # noqa: E402
 from converter.config import ConvertConfig  # noqa: E402
 from converter.convert import run as convert  # noqa: E402
-from edge_app.runtime import ImageClassifier, preprocess, read_image  # noqa: E402
+from edge_app.runtime import ImageClassifier  # noqa: E402
 
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_small_minimalistic", "mobilenet_v3_large", "mobilenet_v2")
 
@@ -107,14 +106,8 @@ def train(out: Path, backbone: str, size: int, epochs: int) -> tuple[Path, float
     import keras
 
     labels, splits = make_splits(POTATO)
-    spec = float_spec(size, size, (0.0,), (1.0,))
-
-    def pixels(split):
-        return (np.concatenate([preprocess(read_image(POTATO / rel), spec) for rel, _ in splits[split]]),
-                np.array([c for _, c in splits[split]]))
-
     start = time.time()
-    (x_train, y_train), (x_val, y_val) = pixels("train"), pixels("val")
+    (x_train, y_train), (x_val, y_val) = potato_pixels(splits, "train", size), potato_pixels(splits, "val", size)
     keras.utils.set_random_seed(0)
     model = build(backbone, size, len(labels))
     counts = np.bincount(y_train)

@@ -83,18 +83,19 @@ def write_run(run: Path, model, labels, splits, size: int, backbone: str, data: 
     return run
 
 
+def potato_pixels(splits: dict, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One split's float32 0-255 pixels at ``size``, as the runtime decodes and resizes them, and its labels."""
+    spec = float_spec(size, size, (0.0,), (1.0,))
+    return (np.concatenate([preprocess(read_image(POTATO / rel), spec) for rel, _ in splits[split]]),
+            np.array([c for _, c in splits[split]]))
+
+
 def train_accuracy_run(out: Path, size: int, epochs: int) -> tuple[Path, dict]:
     import keras
 
     labels, splits = make_splits(POTATO)
-    spec = float_spec(size, size, (0.0,), (1.0,))
-
-    def pixels(split):
-        return (np.concatenate([preprocess(read_image(POTATO / rel), spec) for rel, _ in splits[split]]),
-                np.array([c for _, c in splits[split]]))
-
     start = time.time()
-    (x_train, y_train), (x_val, y_val) = pixels("train"), pixels("val")
+    (x_train, y_train), (x_val, y_val) = potato_pixels(splits, "train", size), potato_pixels(splits, "val", size)
     keras.utils.set_random_seed(0)
     model = build("mobilenet_v2", size, len(labels))
     counts = np.bincount(y_train)

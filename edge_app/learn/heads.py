@@ -55,13 +55,14 @@ def class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
     return sums
 
 
-def imprint(x: np.ndarray, y: np.ndarray, num_classes: int, norm: float | None = None) -> Head:
+def imprint(x: np.ndarray, y: np.ndarray, num_classes: int, norm: float | None = None,
+            sums: np.ndarray | None = None) -> Head:
     """Normalised class means, scaled so ``w·e`` is ``IMPRINT_SCALE`` × cosine for a typical ``|e|``.
 
     ``norm`` (when given) is the weight norm to match instead, e.g. an existing classifier's mean
-    row norm, so new rows score on the same scale as its old ones."""
-    sums = class_means(x, y, num_classes)
-    directions = _normalise(sums)
+    row norm, so new rows score on the same scale as its old ones. ``sums`` (when given) are the
+    per-class sums to use instead of those of ``x`` (a learned model's, which saw more images)."""
+    directions = _normalise(class_means(x, y, num_classes) if sums is None else sums)
     typical = float(np.median(np.linalg.norm(x, axis=1))) or 1.0
     scale = norm if norm is not None else IMPRINT_SCALE / typical
     return Head("imprint", (directions * scale).astype(np.float32), np.zeros(num_classes, np.float32))

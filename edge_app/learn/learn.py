@@ -309,10 +309,7 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list
          seed: int) -> heads.Head:
     if old_head is None:
         if kind == "imprint":  # from the exact per-class sums: old classes keep every image they ever saw
-            directions = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-            typical = float(np.median(np.linalg.norm(x, axis=1))) or 1.0
-            return heads.Head("imprint", (directions * heads.IMPRINT_SCALE / typical).astype(np.float32),
-                              np.zeros(len(labels), np.float32))
+            return heads.imprint(x, y, len(labels), sums=sums)
         return heads.softmax(x, y, len(labels), seed=seed)
     # --keep-classes on a plain classifier: its rows stay as they are. A new row is the class's imprinted
     # direction with the old rows' mean norm; its bias is set so the new class outscores every old class on
