@@ -6,9 +6,15 @@ its own, because several conftest.py files in tests/ would make ``from conftest 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +52,112 @@ def run_cli_read_only(folder: str | os.PathLike, *args: str | os.PathLike,
     return subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), sys.executable, "-m", "edgecls",
                            *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def write_video(path: Path, names_and_counts, size=(640, 480), fps=15) -> Path:
+    """An MJPG .avi of real photos, each repeated ``count`` frames."""
+    import cv2
+
+    from edge_app.runtime import read_image
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    for name, count in names_and_counts:
+        frame = cv2.resize(cv2.cvtColor(read_image(IMAGES / name), cv2.COLOR_RGB2BGR), size, interpolation=cv2.INTER_AREA)
+        for _ in range(count):
+            writer.write(frame)
+    writer.release()
+    return path
+
+
+def read_log(path: Path) -> tuple[dict, list[dict], list[dict]]:
+    lines = path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert "header" in records[0]
+    frames = [r for r in records if "frame" in r]
+    events = [r for r in records if "event" in r]
+    return records[0]["header"], frames, events
+
+
+TOKEN = "a-kiosk-token-for-tests-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Kiosk:
+    """A tiny client: JSON in and out, the token and headers as a browser (or an attacker) would send them."""
+
+    TOKEN_HEADER = "X-Edgecls-Token"  # edge_app.live.web.TOKEN_HEADER, spelled out: a client sees only the wire
+
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(self, path: str, body=None, method: str | None = None, token: str | None = TOKEN,
+             headers: dict | None = None, raw: bytes | None = None) -> tuple[int, dict | bytes]:
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method or ("POST" if data is not None else "GET"))
+        if data is not None and raw is None:
+            request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header(self.TOKEN_HEADER, token)
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                code, payload, kind = response.status, response.read(), response.headers.get("Content-Type")
+        except urllib.error.HTTPError as e:
+            code, payload, kind = e.code, e.read(), e.headers.get("Content-Type")
+        return code, json.loads(payload) if kind == "application/json" else payload
+
+    def until(self, path: str, predicate, timeout: float = 120.0):
+        deadline, got = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            try:
+                code, got = self.call(path)
+            except urllib.error.URLError as e:  # the server is not listening yet
+                code, got = 0, e
+            if code == 200 and predicate(got):
+                return got
+            time.sleep(0.2)
+        raise AssertionError(f"{path}: waited {timeout} s; last {got}")
+
+
+@contextlib.contextmanager
+def running_kiosk(tmp_path: Path):
+    """``edgecls run --web --collect --learn`` in a thread on a looping video of the parrot; yields a :class:`Kiosk`."""
+    import shutil
+    import threading
+
+    from edge_app.live.app import AppConfig, run
+
+    model = tmp_path / "model.tflite"
+    shutil.copy(IMAGENET_MODEL, model)
+    video = write_video(tmp_path / "parrot.avi", [("parrot.jpg", 60)], size=(320, 240))
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    port = free_port()
+    config = AppConfig(str(model), source=str(video), loop=True, num_threads=1, web=f"127.0.0.1:{port}",
+                       log=str(tmp_path / "run.jsonl"), collect=str(tmp_path / "field"), collect_below=1.0,
+                       collect_every=0.1, collect_max=12, learn=True, token_file=str(tmp_path / "token"))
+    stop, out = threading.Event(), {}
+
+    def target():
+        try:
+            out["stats"] = run(config, stop=stop)
+        except Exception as e:
+            out["error"] = e
+            raise
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    client = Kiosk(port)
+    try:
+        client.until("/api/collected", lambda got: len(got["items"]) >= 6, timeout=60)
+        yield client
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive() and "error" not in out, out

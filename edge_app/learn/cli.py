@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads(parser)
     add_normalization(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and the fit")
+    parser.add_argument("--compare", default=None, metavar="MODEL",
+                        help="also check MODEL (e.g. the one the new model replaces) on the same validation photos")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -62,13 +64,16 @@ def main(args: argparse.Namespace) -> int:
     report = learn(LearnConfig(
         data=Path(args.data), out=Path(args.out), base=Path(args.base) if args.base else None, head=args.head,
         val_split=args.val_split, seed=args.seed, num_threads=args.num_threads, device=args.device,
-        embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std))
+        embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std,
+        compare=Path(args.compare) if args.compare else None))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     checked = [f"{part} accuracy {100 * report[part]['accuracy']:.1f}% (balanced "
                f"{100 * report[part]['balanced_accuracy']:.1f}%) on {report[part]['num_images']} images"
                for part in ("val", "test") if report.get(part)]
+    if report.get("val_before"):
+        checked.append(f"{Path(args.compare).name} on the same: {100 * report['val_before']['accuracy']:.1f}%")
     print(f"{report['model']}: {len(report['labels'])} classes, head {report['head']}; "
           + ("; ".join(checked) or "no held-out photos to check on")
           + f"; {report['size_bytes'] / 1e6:.2f} MB; report {Path(report['model']).with_suffix('.learn.md')}")

@@ -46,6 +46,7 @@ DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
 STATE = "learn.npz"  # the archive member a learned model carries for extending it
 SAMPLES_PER_CLASS = 128
 MIN_VAL_CLASS = 5  # a class with fewer images gives none to the validation part
+KEEP_MARGIN = 2.0  # --keep-classes: logits by which a new class beats the old ones on its own photos
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class LearnConfig:
         embedding: the embedding tensor's name or index, when the search does not find it.
         labels: the base's label file, for ``keep_classes`` when the base carries none.
         mean, std: the base's input normalization when its metadata has none (float bases).
+        compare: another classifier (the model the new one replaces) to check on the same validation
+            photos; its labels are matched by name (a class it does not know counts as wrong).
 
     Example:
         >>> report = learn(LearnConfig(data=Path("leaves"), out=Path("leaves.tflite")))
@@ -82,10 +85,11 @@ class LearnConfig:
     labels: Path | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    compare: Path | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
-        for name in ("data", "out", "base", "labels"):
+        for name in ("data", "out", "base", "labels", "compare"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         if self.head not in heads.HEADS:
@@ -131,11 +135,12 @@ def learn(config: LearnConfig) -> dict:
     embedder = Embedder(rewrite.cut_at(model, embedding), artifact.metadata, config.device, config.num_threads,
                         config.mean, config.std, base_path.name)
     parts = _split(dataset, labels, config.data, config.val_split, config.seed)
-    raw, skipped = {}, []
+    raw, read, skipped = {}, {}, []
     for part, (paths, targets) in parts.items():
         if paths:
             vectors, kept, bad = embedder.embed(paths, desc=f"embedding {part}")
             raw[part] = (vectors, targets[kept])
+            read[part] = [path for path, ok in zip(paths, kept, strict=True) if ok]
             skipped += bad
     _check_readable(dataset, raw, labels, skipped)
     embed_s = time.monotonic() - started
@@ -157,6 +162,8 @@ def learn(config: LearnConfig) -> dict:
                                   labels)
     if "test" in raw:
         results["test"] = evaluate(head.scores(embedder.dequantize(raw["test"][0])).argmax(1), raw["test"][1], labels)
+    if config.compare is not None and "val" in raw:
+        results["val_before"] = _check_other(config.compare, read["val"], raw["val"][1], labels, config)
     sums, samples, sample_y = final["sums"], final["samples"], final["sample_labels"]
     data = rewrite.with_head(model, embedding, head.weights, head.bias)
     metadata = _metadata(artifact.metadata, base_path, base, embedding, head, labels, old_labels, config)
@@ -191,6 +198,21 @@ def _latency(model: Path, base: Path, config: LearnConfig) -> dict:
             continue
         out[name] = round(latency_stats(time_invokes(classifier, runs=50, warmup=5)[1])["p50"], 3)
     return out
+
+
+def _check_other(model: Path, paths: list[Path], truth: np.ndarray, labels: list[str], config: LearnConfig) -> dict:
+    """``evaluate`` of another classifier on the same photos, its labels matched to ``labels`` by name."""
+    from edge_app.runtime import ImageClassifier
+
+    # Without embedded labels it is taken to share the base's label file (the kiosk compares with its running model).
+    other = ImageClassifier(model, labels=config.labels, device=config.device, num_threads=config.num_threads,
+                            mean=config.mean, std=config.std, embedded_labels_first=True)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = len(labels)  # one extra column: "a class this model does not know"
+    predicted = [index.get(other.classify(other.read_image(path), top_k=1)[0].label, unknown) for path in paths]
+    result = evaluate(np.array(predicted, np.int64), truth, [*labels, "(not a class of this model)"])
+    result["model"] = str(model)
+    return result
 
 
 def _read_base(path: Path) -> bytes:
@@ -313,8 +335,9 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list
         return heads.softmax(x, y, len(labels), seed=seed)
     # --keep-classes on a plain classifier: its rows stay as they are. A new row is the class's imprinted
     # direction with the old rows' mean norm; its bias is set so the new class outscores every old class on
-    # 95% of its own photos and no more (pooled embeddings are all positive, so an uncalibrated new row,
-    # close to every image, would win everywhere).
+    # 95% of its own photos, by KEEP_MARGIN logits (a tie is not a win: frames of one scene are near-identical),
+    # and no more (pooled embeddings are all positive, so an uncalibrated new row, close to every image, would
+    # win everywhere).
     weights, bias = old_head
     k, norm = len(weights), float(np.linalg.norm(weights, axis=1).mean())
     rows, offsets = [], []
@@ -324,7 +347,7 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list
         direction /= max(float(np.linalg.norm(direction)), 1e-12)
         best_old = (own @ weights.T + bias).max(axis=1)
         rows.append(direction * norm)
-        offsets.append(float(np.quantile(best_old - own @ rows[-1], 0.95)))
+        offsets.append(float(np.quantile(best_old - own @ rows[-1], 0.95)) + KEEP_MARGIN)
     return heads.Head(f"imprint, {k} classes kept", np.concatenate([weights, np.array(rows)]).astype(np.float32),
                       np.concatenate([bias, offsets]).astype(np.float32))
 

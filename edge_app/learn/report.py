@@ -58,11 +58,14 @@ def render_markdown(report: dict) -> str:
              "", f"Embedding {report['seconds']['embedding']} s ({report['embedding_rate_img_s']} images/s), "
              f"fitting {report['seconds']['fit']} s; model {report['size_bytes'] / 1e6:.2f} MB"
              + "".join(f"; p50 {name} {ms} ms" for name, ms in (report.get("latency_p50_ms") or {}).items()) + ".", ""]
-    for part in ("val", "test"):
+    titles = {"val": "Validation part", "test": "test/"}
+    if report.get("val_before"):
+        titles["val_before"] = f"The same validation part, `{Path(report['val_before']['model']).name}`"
+    for part, title in titles.items():
         result = report.get(part)
         if not result:
             continue
-        lines += [f"## {'Validation part' if part == 'val' else 'test/'}: accuracy {_pct(result['accuracy'])}, "
+        lines += [f"## {title}: accuracy {_pct(result['accuracy'])}, "
                   f"balanced {_pct(result['balanced_accuracy'])} on {result['num_images']} images", "",
                   "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
         lines += [f"| {label} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |"

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from edge_app.live.config import AppConfig
 from edge_app.live.loop import STAGES, RunStats, classify_frames, preparer
@@ -48,31 +50,51 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
 
     from edge_app.live.feeds import FileFeed, LiveFeed
     from edge_app.live.sources import open_source
+    from edge_app.live.swap import ModelSwapper, recover_interrupted_install
     from edge_app.runtime import ImageClassifier
     from edge_app.runtime.device import device_facts
+    from edge_app.runtime.rundir import resolve_model
 
-    clf = ImageClassifier(config.model, config.labels, config.device, config.num_threads, config.mean, config.std)
+    def load(path, **kwargs):
+        # From its bytes in memory: the file may be replaced or rewritten in place while we run (the live swap).
+        return ImageClassifier(path, config.labels, config.device, config.num_threads, config.mean, config.std,
+                               in_memory=True, **kwargs)
+
+    recover_interrupted_install(resolve_model(config.model, config.device), load)
+    clf = load(config.model)
+    sinks, feed = [], None
+
+    def emit(name: str, detail: str, **fields) -> None:
+        for sink in list(sinks):
+            try:
+                sink.event(name, detail, **fields)
+            except Exception as e:  # a full disk must not stop a camera thread or a swap
+                log.debug("event %s not recorded by %s: %s", name, type(sink).__name__, e)
+
+    swapper = ModelSwapper(clf, load=lambda path: load(path, embedded_labels_first=True), watch=config.watch,
+                           on_event=emit)
     device = {"runtime": clf.runtime.name, "version": clf.runtime.version,
               "delegate": "edgetpu" if config.device.startswith("edgetpu") else "cpu (XNNPACK)",
               "threads": clf.num_threads, "model": str(clf.path), **device_facts()}
     threads_before = cv2.getNumThreads()
     # OpenCV's own worker threads would fight the interpreter's for the same cores.
     cv2.setNumThreads(1)
-    sinks, feed = [], None
     started = time.monotonic()
+    hangup = _on_sighup(swapper)
     try:
-        _make_sinks(config, clf, sinks)
+        _make_sinks(config, clf, sinks, swapper, emit)
         src = source or open_source(config.source, clf.input_size, loop=config.loop, fast_decode=config.fast_decode,
                                     want_display=_display_wanted(config, sinks), max_pixels=config.max_pixels)
         if src.live:
-            feed = LiveFeed(src, on_event=lambda name, detail: [s.event(name, detail) for s in sinks])
+            feed = LiveFeed(src, on_event=emit)
         else:
-            feed = FileFeed(src, prepare=preparer(clf, config.queue_depth), depth=config.queue_depth)
+            feed = FileFeed(src, prepare=preparer(lambda: swapper.clf.spec, config.queue_depth),
+                            depth=config.queue_depth)
         from edge_app import __version__
 
         info = {"edgecls": __version__, "source": src.name, "started": round(time.time(), 3), **device, "input": clf.describe()["input"],
                 "num_classes": clf.num_classes, "threshold": config.threshold, "smooth": config.smooth,
-                "top_k": config.top_k}
+                "top_k": config.top_k, "model_sha256": clf.artifact.sha256, "labels": clf.labels}
         try:
             feed.start()  # an RTSP camera may take seconds to answer: stopping meanwhile is still clean
         except KeyboardInterrupt as e:
@@ -81,10 +103,13 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
             return RunStats(0, time.monotonic() - started, 0.0, {s: [] for s in STAGES}, device, stopped)
         for sink in sinks:
             sink.start(info)
-        log.info("classifying %s with %s (%s, %d threads)", src.name, clf.path.name, device["delegate"],
-                 clf.num_threads)
-        return classify_frames(config, clf, feed, sinks, device, stop or threading.Event())
+        swapper.start()
+        log.info("classifying %s with %s (%s, %d threads)%s", src.name, clf.path.name, device["delegate"],
+                 clf.num_threads, "; a replaced model file is swapped in live" if config.watch else "")
+        return classify_frames(config, clf, feed, sinks, device, stop or threading.Event(), swapper)
     finally:
+        hangup()
+        swapper.stop()
         with _sigterm_deferred():
             if feed is not None:
                 feed.stop()
@@ -96,15 +121,29 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
             cv2.setNumThreads(threads_before)
 
 
-def _make_sinks(config: AppConfig, clf, sinks: list) -> None:
+def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
     """Open the outputs into ``sinks`` one by one, so those made before a failure still get closed."""
     from edge_app.live.sinks import UNCERTAIN, FrameSaver, JsonlLog, OverlayWindow
 
+    web = None
     if config.web:
         from edge_app.live.web import WebView, parse_web_address
 
         host, port = parse_web_address(config.web, config.allow_remote)
-        sinks.append(WebView(host, port, max_fps=config.web_fps, allow_remote=config.allow_remote))
+        token = _kiosk_token(config) if config.learn else None
+        web = WebView(host, port, max_fps=config.web_fps, allow_remote=config.allow_remote, token=token)
+        sinks.append(web)
+        if token and not config.token_file:
+            log.info("kiosk token (for teach, apply, undo): %s  open %s#token=%s", token, web.url, token)
+    if config.collect:
+        from edge_app.live.collect import FrameCollector
+
+        collector = FrameCollector(config.collect_config(), model_sha256=lambda: swapper.sha256, on_event=emit)
+        sinks.append(collector)
+        if config.learn:
+            from edge_app.live.field import FieldLearning
+
+            web.field = FieldLearning(collector, swapper)
     if config.log:
         sinks.append(JsonlLog(config.log, int(config.log_max_mb * 1_000_000), config.log_backups, config.top_k > 1))
     if config.save_frames:
@@ -130,6 +169,35 @@ def _display_wanted(config: AppConfig, sinks: list):
     return (lambda: any(v.viewers for v in views)) if views else False
 
 
+def _kiosk_token(config: AppConfig) -> str:
+    """The token state-changing kiosk requests need: from ``--token-file`` (made, mode 0600, when missing), else new."""
+    import secrets
+
+    if not config.token_file:
+        return secrets.token_urlsafe(18)
+    path = Path(config.token_file)
+    try:
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(18) + "\n")
+            log.info("--token-file %s: a new kiosk token was written there", path)
+        token = path.read_text().strip()
+    except OSError as e:
+        raise EdgeclsError(f"--token-file {path}: {e.strerror}; give a readable file, or a new path to create") from e
+    if len(token) < 16:
+        raise EdgeclsError(f"--token-file {path}: the token is shorter than 16 characters; put a longer one in it")
+    return token
+
+
+def _on_sighup(swapper):
+    """SIGHUP (``systemctl reload``) loads the model file again; returns the undo."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: swapper.request("SIGHUP"))
+    return lambda: signal.signal(signal.SIGHUP, previous)
+
+
 @contextlib.contextmanager
 def _sigterm_deferred():
     """Hold a second SIGTERM until the logs are closed (systemd sends one, then waits)."""
@@ -153,9 +221,18 @@ EPILOG = """examples:
   edgecls run leaf.tflite --source rtsp://user:pass@10.0.0.5/stream --headless --log /var/log/edgecls/run.jsonl
   edgecls run leaf.tflite --source photos/ --save-frames evidence/ --save-when late_blight,uncertain
   edgecls run model_int8_edgetpu.tflite --device edgetpu --source picamera
+  edgecls run leaf.tflite --source picamera --web 127.0.0.1:8080 --collect /var/lib/edgecls/field --learn
+
+Replacing the model file (write a temporary file and rename it over MODEL) or SIGHUP swaps the
+new model in between two frames once it loads, has labels that fit and runs on the latest frame;
+otherwise it is rejected and the running model stays. --collect DIR keeps frames the model was
+unsure of in DIR/inbox; with --learn the kiosk page labels them (DIR/labelled/<class>/, a
+dataset edgecls learn and edgecls train read), teaches new classes from the camera, applies
+(learns and swaps live) and undoes. Kiosk actions need the token printed at start.
 
 --log writes one JSON object per line: first {"header": {...device facts...}}, then per frame
-{"frame", "t", "label", "score", "latency_ms", "fps"}, and {"event": ...} when a camera drops out.
+{"frame", "t", "label", "score", "latency_ms", "fps"}, and {"event": ...} when a camera drops out,
+a model is swapped in (model_swapped: old_sha256, new_sha256) or rejected (model_rejected: reason).
 SIGTERM and Ctrl-C stop cleanly (exit 0) with the log flushed."""
 
 
@@ -192,6 +269,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode MJPEG video at full size, not at the smallest JPEG scale that covers the model input")
     add_normalization(parser)
     add_max_pixels(parser)
+    field = parser.add_argument_group("live model swap and field learning")
+    field.add_argument("--no-watch", action="store_true",
+                       help="do not swap in a replaced model file (SIGHUP still reloads it)")
+    field.add_argument("--collect", metavar="DIR", help="keep unsure frames (and a few sure ones) in DIR/inbox to label")
+    field.add_argument("--collect-below", type=float, default=0.5, metavar="P", help="keep frames whose top score is below P")
+    field.add_argument("--collect-margin", type=float, default=0.1, metavar="M",
+                       help="keep frames whose top two scores are within M")
+    field.add_argument("--collect-every", type=float, default=2.0, metavar="SECONDS", help="keep at most one frame per this long")
+    field.add_argument("--collect-sample-every", type=float, default=300.0, metavar="SECONDS",
+                       help="also keep one confident frame per this long (to see drift)")
+    field.add_argument("--collect-max", type=int, default=1000, metavar="N",
+                       help="pause collecting while N frames wait for review")
+    field.add_argument("--learn", action="store_true",
+                       help="the kiosk page reviews, teaches, applies and undoes (needs --collect and --web)")
+    field.add_argument("--token-file", metavar="FILE",
+                       help="the kiosk token for --learn (made, mode 0600, when missing); default: a new one, printed")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -201,6 +294,10 @@ def main(args: argparse.Namespace) -> int:
         log=args.log, log_max_mb=args.log_max_mb, log_backups=args.log_backups, threshold=args.threshold,
         smooth=args.smooth, top_k=args.top_k, max_frames=args.max_frames, duration=args.duration,
         save_frames=args.save_frames, save_when=args.save_when, save_every=args.save_every, save_max=args.save_max,
-        loop=args.loop, fast_decode=not args.full_decode, web_fps=args.web_fps, mean=args.mean, std=args.std, max_pixels=args.max_pixels)
+        loop=args.loop, fast_decode=not args.full_decode, web_fps=args.web_fps, mean=args.mean, std=args.std, max_pixels=args.max_pixels,
+        watch=not args.no_watch, collect=args.collect, collect_below=args.collect_below,
+        collect_margin=args.collect_margin, collect_every=args.collect_every,
+        collect_sample_every=args.collect_sample_every, collect_max=args.collect_max, learn=args.learn,
+        token_file=args.token_file)
     run(config)
     return 0

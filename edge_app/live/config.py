@@ -42,6 +42,24 @@ class AppConfig:
     mean: tuple[float, ...] | float | None = None
     std: tuple[float, ...] | float | None = None
     max_pixels: int | None = None
+    watch: bool = True
+    collect: str | None = None
+    collect_below: float = 0.5
+    collect_margin: float = 0.1
+    collect_every: float = 2.0
+    collect_sample_every: float = 300.0
+    collect_max: int = 1000
+    learn: bool = False
+    token_file: str | None = None
+
+    def collect_config(self):
+        """The ``--collect`` settings, or ``None``."""
+        from edge_app.live.collect import CollectConfig
+
+        if not self.collect:
+            return None
+        return CollectConfig(self.collect, self.collect_below, self.collect_margin, self.collect_every,
+                             self.collect_sample_every, self.collect_max)
 
     def __post_init__(self):
         object.__setattr__(self, "model", str(self.model))
@@ -65,10 +83,16 @@ class AppConfig:
             problems.append("--save-every must be 0 or more and --web-fps more than 0")
         if self.save_when and not self.save_frames:
             problems.append("--save-when needs --save-frames DIR (where to keep the frames)")
+        if self.learn and not (self.collect and self.web):
+            problems.append("--learn needs --collect DIR (where frames and models are kept) and --web HOST:PORT "
+                            "(the kiosk page it works from)")
+        if self.token_file and not self.learn:
+            problems.append("--token-file is the kiosk's token for --learn; add --learn")
         if problems:
             raise EdgeclsError("; ".join(problems))
         check_threads(self.num_threads)
         check_normalization(self.mean, self.std)
+        self.collect_config()
         if self.web:
             from edge_app.live.web import parse_web_address
 

@@ -1,7 +1,9 @@
 """The kiosk page served at ``/`` by :mod:`edge_app.live.web`: one self-contained HTML file.
 
 No CDN, no framework: a farm kiosk is often offline. It polls ``/status`` twice a second and
-shows ``/stream.mjpg``.
+shows ``/stream.mjpg``. With ``--learn`` it shows the field loop (review, teach, model: apply and
+undo); the token comes from the link printed at start (``#token=...``, kept in the browser's
+local storage) or is typed once. Every name and label is shown as text, never parsed as HTML.
 """
 
 PAGE = b"""<!doctype html>
@@ -24,6 +26,22 @@ PAGE = b"""<!doctype html>
   ol { padding-left: 1.2rem; margin: 0; max-height: 40vh; overflow: auto; }
   li { margin: .2rem 0; }
   #offline { display: none; color: #f66; font-weight: 700; }
+  #field { grid-column: 1 / -1; padding: 1rem 1.5rem 2rem; border-top: 1px solid #333; }
+  #field nav button { margin-right: .4rem; }
+  button, input { font: inherit; padding: .45rem .8rem; border-radius: .4rem; border: 1px solid #555;
+                  background: #222; color: #eee; }
+  button { cursor: pointer; }
+  button.primary { background: #2a6; border-color: #2a6; color: #fff; }
+  button.on { background: #444; }
+  button:disabled { opacity: .5; cursor: default; }
+  .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr)); gap: 1rem; margin-top: 1rem; }
+  .card { background: #1b1b1b; border-radius: .5rem; padding: .6rem; display: flex; flex-direction: column; gap: .4rem; }
+  .card img { width: 100%; border-radius: .3rem; }
+  .row { display: flex; flex-wrap: wrap; gap: .4rem; align-items: center; }
+  .row input { flex: 1; min-width: 6rem; }
+  #msg { min-height: 1.4rem; margin-top: .6rem; }
+  .bad { color: #f66; } .good { color: #5c5; }
+  table { border-collapse: collapse; margin-top: .6rem; } td, th { padding: .2rem .8rem; text-align: left; }
   @media (max-width: 700px) { body { grid-template-columns: 1fr; } }
 </style></head>
 <body>
@@ -37,6 +55,30 @@ PAGE = b"""<!doctype html>
   <div><strong>Recent</strong><ol id="history"></ol></div>
   <div class="muted" id="device"></div>
 </aside>
+<section id="field" hidden>
+  <nav><button data-tab="review" class="on">Review <span id="waiting"></span></button><button data-tab="teach">Teach</button>
+    <button data-tab="model">Model</button>
+    <span id="tokenbox" hidden>token <input id="token" size="28" autocomplete="off"> <button id="savetoken">Use</button></span></nav>
+  <div id="msg" class="muted"></div>
+  <div id="tab-review"><div class="muted" id="paused"></div><div class="grid" id="grid"></div></div>
+  <div id="tab-teach" hidden>
+    <p class="muted">Type the class, hold the object in front of the camera, press Capture: the frames over a few
+      seconds become examples of that class.</p>
+    <div class="row"><input id="teach-label" list="classes" placeholder="class name" maxlength="64">
+      <input id="teach-frames" type="number" value="20" min="1" max="200" style="max-width:6rem"> frames over
+      <input id="teach-seconds" type="number" value="4" min="0" max="60" style="max-width:5rem"> s
+      <button id="capture" class="primary">Capture</button></div>
+    <table id="counts"></table>
+  </div>
+  <div id="tab-model" hidden>
+    <p class="muted">Apply learns from every labelled frame (in the background; the camera keeps running), checks the
+      new model beside the running one on the same held-out frames, and swaps it in. Undo puts the previous one back.</p>
+    <div class="row"><button id="apply" class="primary">Apply</button><button id="undo">Undo</button></div>
+    <div id="job"></div>
+    <table id="versions"></table>
+  </div>
+  <datalist id="classes"></datalist>
+</section>
 <script>
 const $ = (id) => document.getElementById(id);
 const time = (t) => new Date(t * 1000).toLocaleTimeString();
@@ -67,6 +109,107 @@ async function poll() {
 }
 $('view').onerror = () => setTimeout(() => { $('view').src = '/stream.mjpg?' + Date.now(); }, 2000);
 setInterval(poll, 500); poll();
+
+// --- the field loop (--learn) ------------------------------------------------------------------
+const pct = (x) => x == null ? '\u2014' : (100 * x).toFixed(0) + '%';
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text != null) e.textContent = text;
+  if (cls) e.className = cls; return e; };
+const found = /[#&]token=([^&]+)/.exec(location.hash);
+if (found) { localStorage.setItem('edgecls-token', decodeURIComponent(found[1])); history.replaceState(null, '', '/'); }
+let token = localStorage.getItem('edgecls-token') || '';
+function say(text, ok) { $('msg').textContent = text; $('msg').className = ok === undefined ? 'muted' : ok ? 'good' : 'bad'; }
+async function act(action, body) {
+  const r = await fetch('/api/' + action, {method: 'POST', headers: {'Content-Type': 'application/json',
+    'X-Edgecls-Token': token}, body: JSON.stringify(body || {})});
+  const out = await r.json().catch(() => ({error: r.statusText}));
+  if (r.status === 401) { $('tokenbox').hidden = false; }
+  if (!r.ok) { say(out.error || r.statusText, false); throw new Error(out.error); }
+  return out;
+}
+async function get(route) { const r = await fetch('/api/' + route, {cache: 'no-store'}); return r.json(); }
+let classes = {model: [], labelled: {}};
+async function refreshClasses() {
+  classes = await get('classes');
+  const names = [...new Set([...Object.keys(classes.labelled), ...classes.model])];
+  $('classes').replaceChildren(...names.map((n) => { const o = el('option'); o.value = n; return o; }));
+  const rows = Object.entries(classes.labelled).map(([n, c]) => { const tr = el('tr'); tr.append(el('td', n), el('td', c + ' frames')); return tr; });
+  $('counts').replaceChildren(...rows);
+}
+function card(item) {
+  const c = el('div', null, 'card'); c.dataset.id = item.id;
+  const img = el('img'); img.src = '/api/collected/' + encodeURIComponent(item.id) + '.jpg'; img.alt = item.label;
+  const why = {low_score: 'low score', small_margin: 'close call', sample: 'random sample'}[item.why] || item.why;
+  c.append(img, el('div', item.top.slice(0, 3).map(([l, s]) => l + ' ' + pct(s)).join(' \u00b7 ') + ' (' + why + ')', 'muted'));
+  const quick = el('div', null, 'row');
+  for (const [l] of item.top.slice(0, 3)) { const b = el('button', l); b.onclick = () => label(item.id, l, c); quick.append(b); }
+  const other = el('div', null, 'row'); const input = el('input'); input.setAttribute('list', 'classes');
+  input.placeholder = 'right class, or a new one'; input.maxLength = 64;
+  const ok = el('button', 'Label', 'primary'); ok.onclick = () => input.value.trim() && label(item.id, input.value, c);
+  const drop = el('button', 'Discard'); drop.onclick = () => act('discard', {id: item.id}).then(() => { c.remove(); say('discarded', true); });
+  other.append(input, ok, drop); c.append(quick, other); return c;
+}
+async function label(id, name, c) {
+  const out = await act('label', {id, label: name}); c.remove(); say('labelled ' + out.label, true); refreshClasses();
+}
+async function refreshReview() {
+  const got = await get('collected');
+  $('waiting').textContent = '(' + got.items.length + ')';
+  $('paused').textContent = got.paused ? 'collection paused: ' + got.paused : '';
+  const shown = new Set([...$('grid').children].map((c) => c.dataset.id));
+  const ids = new Set(got.items.map((i) => i.id));
+  for (const c of [...$('grid').children]) if (!ids.has(c.dataset.id)) c.remove();
+  for (const item of got.items.reverse()) if (!shown.has(item.id)) $('grid').prepend(card(item));
+}
+function showJob(j) {
+  const box = $('job'); box.replaceChildren();
+  if (j.state === 'idle') return;
+  box.append(el('p', {learning: 'learning from the labelled frames\u2026', swapping: 'swapping the new model in\u2026',
+    applied: 'applied ' + j.version, rejected: 'the new model was rejected: ' + j.error, failed: 'failed: ' + j.error}[j.state] || j.state,
+    j.state === 'applied' ? 'good' : (j.state === 'failed' || j.state === 'rejected') ? 'bad' : 'muted'));
+  if (j.val) {
+    const t = el('table'); const head = el('tr'); head.append(el('th', 'held-out frames'), el('th', 'new model'), el('th', 'running model'));
+    const row = el('tr'); row.append(el('td', String(j.val.num_images)), el('td', pct(j.val.accuracy)), el('td', pct(j.val_before && j.val_before.accuracy)));
+    t.append(head, row); box.append(t);
+  } else if (j.state === 'applied') { box.append(el('p', 'too few frames to hold any out: label 5 or more per class to see accuracy', 'muted')); }
+}
+async function followJob() {
+  const j = await get('job'); showJob(j);
+  $('apply').disabled = j.state === 'learning' || j.state === 'swapping';
+  if ($('apply').disabled) { setTimeout(followJob, 1000); return; }
+  if ($('msg').textContent === 'learning started') say('');
+  refreshVersions();
+}
+async function refreshVersions() {
+  const v = await get('versions');
+  const rows = v.versions.slice(-5).reverse().map((x) => { const tr = el('tr');
+    tr.append(el('td', x.version + (v.history[v.history.length - 1] === x.version ? ' (running)' : '')), el('td', x.created),
+      el('td', x.labels.length + ' classes'), el('td', 'held-out ' + pct(x.val && x.val.accuracy))); return tr; });
+  $('versions').replaceChildren(...rows);
+  $('undo').disabled = !v.history.length;
+}
+function tab(name) {
+  for (const b of document.querySelectorAll('#field nav button[data-tab]')) b.classList.toggle('on', b.dataset.tab === name);
+  for (const t of ['review', 'teach', 'model']) $('tab-' + t).hidden = t !== name;
+  if (name === 'model') { followJob(); }
+  if (name === 'teach') refreshClasses();
+}
+for (const b of document.querySelectorAll('#field nav button[data-tab]')) b.onclick = () => tab(b.dataset.tab);
+$('savetoken').onclick = () => { token = $('token').value.trim(); localStorage.setItem('edgecls-token', token); $('tokenbox').hidden = true; say('token saved'); };
+$('capture').onclick = async () => {
+  const name = $('teach-label').value.trim(); if (!name) { say('type a class name first', false); return; }
+  $('capture').disabled = true; say('capturing ' + name + '\u2026');
+  try { const out = await act('teach', {label: name, frames: +$('teach-frames').value, seconds: +$('teach-seconds').value});
+    say(out.problem ? out.problem : 'captured ' + out.saved + ' frames of ' + out.label, !out.problem); refreshClasses();
+  } finally { $('capture').disabled = false; }
+};
+$('apply').onclick = async () => { await act('apply'); say('learning started', true); followJob(); };
+$('undo').onclick = async () => { const out = await act('undo'); say('undone: running ' + out.running, true); refreshVersions(); };
+(async () => {
+  const s = await (await fetch('/status', {cache: 'no-store'})).json().catch(() => ({}));
+  if (!s.learn) return;
+  $('field').hidden = false; $('tokenbox').hidden = !!token;
+  refreshClasses(); refreshReview(); refreshVersions(); setInterval(() => { if (!$('tab-review').hidden) refreshReview(); }, 3000);
+})();
 </script>
 </body></html>
 """

@@ -36,31 +36,43 @@ class RunStats:
     dropped: int = 0
 
 
-def preparer(clf, depth: int):
+def preparer(current_spec, depth: int):
     """Pre-processing for the decode thread, into a ring of preallocated input tensors.
 
-    ``depth + 2`` slots: the queue's, the one being filled, the one being invoked.
+    ``current_spec()`` is the running model's input spec: after a swap, frames are prepared for
+    the new model (the loop redoes the few already queued for the old one). ``depth + 2`` slots:
+    the queue's, the one being filled, the one being invoked.
     """
     from edge_app.runtime import preprocess
 
-    slots = [clf.spec.new_buffer() for _ in range(depth + 2)]
+    ring = {"spec": None, "slots": []}
     counter = iter(range(1 << 62))
 
     def prepare(frame) -> None:
         started = time.perf_counter()
-        frame.tensor = preprocess(frame.image, clf.spec, out=slots[next(counter) % len(slots)], image_order=frame.order)
+        spec = current_spec()
+        if spec is not ring["spec"]:  # new buffers: the old ones may still be in the queue
+            ring["spec"], ring["slots"] = spec, [spec.new_buffer() for _ in range(depth + 2)]
+        frame.tensor = preprocess(frame.image, spec, out=ring["slots"][next(counter) % (depth + 2)],
+                                  image_order=frame.order)
+        frame.spec = spec
         frame.preprocess_ms = (time.perf_counter() - started) * 1000
 
     return prepare
 
 
-def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, stop: threading.Event) -> RunStats:
+def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, stop: threading.Event,
+                    swapper=None) -> RunStats:
+    """Classify until the feed ends or a stop; ``swapper`` (a :class:`~edge_app.live.swap.ModelSwapper`)
+    hands over a new model, switched to between two frames."""
     from edge_app.live.sinks import UNCERTAIN, Result, StopRequested
     from edge_app.live.smoothing import RateMeter, Smoother
     from edge_app.runtime import preprocess
     from edge_app.runtime.device import cpu_temperature_c
 
     live_input = clf.spec.new_buffer()
+    # Field collection judges a frame by its top two (and keeps the top five beside it).
+    ranked = max(config.top_k, 5) if config.collect else config.top_k
     smoother, meter = Smoother(config.smooth, clf.num_classes), RateMeter()
     stage_ms = {stage: deque(maxlen=STAGE_HISTORY) for stage in STAGES}
     counts: Counter = Counter()
@@ -81,6 +93,8 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
             if stop.is_set():
                 stopped = "stopped"
                 break
+            if swapper is not None and swapper.take() is not None:
+                clf, live_input, smoother = _swap(clf, swapper, sinks, config)
             t0 = perf()
             try:
                 # Bounded waits: a camera that is reconnecting must not hide --duration or stop.
@@ -90,7 +104,9 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
             if frame is None:
                 break
             t1 = perf()
-            if frame.tensor is None:
+            if swapper is not None:
+                swapper.latest = frame
+            if frame.tensor is None or frame.spec is not clf.spec:
                 preprocess(frame.image, clf.spec, out=live_input, image_order=frame.order)
                 tensor, preprocess_ms = live_input, (perf() - t1) * 1000
             else:
@@ -103,12 +119,13 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
                 reopens = feed.reopens
                 smoother.reset()
             scores = smoother.update(clf.scores())
-            top = clf.top(scores, config.top_k)
+            top = clf.top(scores, ranked)
             best = top[0]
             label = best.label if best.score >= config.threshold else UNCERTAIN
             now = time.time()
-            result = Result(frame.index, now, label, best.score, [(c.label, c.score) for c in top],
-                            (now - frame.t) * 1000, meter.tick(), frame.file)
+            result = Result(frame.index, now, label, best.score, [(c.label, c.score) for c in top[:config.top_k]],
+                            (now - frame.t) * 1000, meter.tick(), frame.file,
+                            [(c.label, c.score) for c in top] if ranked > config.top_k else None)
             for sink in sinks:
                 sink.update(frame, result)
             frames += 1
@@ -143,3 +160,22 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
     log.info("%s: %d frames in %.1f s (%.1f FPS)%s", why, frames, seconds, stats.fps,
              f", source reopened {stats.reopens} times" if stats.reopens else "")
     return stats
+
+
+def _swap(clf, swapper, sinks: list, config: AppConfig):
+    """Switch to the swapper's new model: fresh input buffer and smoothing, an event to every sink."""
+    from edge_app.live.smoothing import Smoother
+
+    new = swapper.take()
+    old_sha, new_sha = clf.artifact.sha256, new.artifact.sha256
+    swapper.swapped(new)
+    log.info("model swapped: %s (%s, %d classes) replaces %s", new.path.name, new_sha[:12], new.num_classes,
+             old_sha[:12])
+    detail = f"{new.path.name} {new_sha[:12]} ({new.num_classes} classes) replaces {old_sha[:12]}"
+    for sink in sinks:
+        try:
+            sink.event("model_swapped", detail, old_sha256=old_sha, new_sha256=new_sha, model=str(new.path),
+                       num_classes=new.num_classes, labels=new.labels)
+        except Exception as e:  # one broken output must not undo a swap
+            log.warning("%s: model_swapped not recorded: %s", type(sink).__name__, e)
+    return new, new.spec.new_buffer(), Smoother(config.smooth, new.num_classes)

@@ -5,10 +5,18 @@ Routes: ``/`` (the page: live view, current label and score, recent history, FPS
 (one snapshot). Frames are encoded only while someone watches, at most ``max_fps`` a second,
 once per frame however many viewers; MJPEG sources pass their own JPEG bytes through.
 Bound to 127.0.0.1 unless the user asks for another address with ``--allow-remote``.
+
+With ``--learn`` (see :mod:`edge_app.live.field`) the page gains the field loop: ``GET
+/api/collected``, ``/api/collected/<id>.jpg``, ``/api/classes``, ``/api/job``, ``/api/versions``,
+and ``POST /api/label|discard|teach|apply|undo`` with a JSON body. Every state-changing request
+must be a POST carrying the kiosk token in ``X-Edgecls-Token`` (a header a page on another site
+cannot send without a CORS preflight, which is never granted), with a ``Host`` (and ``Origin``,
+when sent) naming this server.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
@@ -27,6 +35,9 @@ from edge_app.runtime.errors import EdgeclsError
 log = logging.getLogger("edgecls")
 
 BOUNDARY = "edgeclsframe"
+TOKEN_HEADER = "X-Edgecls-Token"
+MAX_BODY = 64 * 1024
+ACTIONS = ("label", "discard", "teach", "apply", "undo")
 
 
 def parse_web_address(value: str, allow_remote: bool = False) -> tuple[str, int]:
@@ -70,9 +81,11 @@ class WebView(Sink):
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, history: int = 20,
-                 allow_remote: bool = False):
+                 allow_remote: bool = False, token: str | None = None):
         self.max_fps = max_fps
         self.allow_remote = allow_remote
+        self.token = token
+        self.field = None  # the run's FieldLearning with --learn: the page's review/teach/apply/undo
         self._cond = threading.Condition()
         self._frame: Frame | None = None
         self._version = 0
@@ -110,13 +123,24 @@ class WebView(Sink):
         host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rpartition(":")[0] or host
         return host in (self.host.lower(), "localhost") or _is_loopback(host)
 
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """A browser's ``Origin`` (when it sends one) must be this server: another site's page never acts here."""
+        if not origin:
+            return True
+        from urllib.parse import urlsplit
+
+        return urlsplit(origin).netloc.lower() == (host or "").strip().lower()
+
+    def token_ok(self, given: str | None) -> bool:
+        return bool(self.token) and given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
     def start(self, info: dict) -> None:
-        self._info = info
+        self._info = {k: v for k, v in info.items() if k != "labels"}  # polled twice a second: no 1000 labels
         self._thread.start()
         log.info("web view on %s", self.url)
 
@@ -134,9 +158,12 @@ class WebView(Sink):
             self._version += 1
             self._cond.notify_all()
 
-    def event(self, name: str, detail: str) -> None:
+    def event(self, name: str, detail: str, **fields) -> None:
         with self._cond:
             self._history.appendleft({"t": round(time.time(), 3), "event": name, "detail": detail})
+            if name == "model_swapped":
+                self._info = {**self._info, "model": fields.get("model"), "model_sha256": fields.get("new_sha256"),
+                              "num_classes": fields.get("num_classes")}
 
     def status(self) -> dict:
         """What ``/status`` returns: the current result, recent label changes, run and device facts."""
@@ -145,7 +172,8 @@ class WebView(Sink):
             self._facts = (now, device_facts())
         with self._cond:
             return {**self._status, "history": list(self._history), "uptime_s": round(now - self._started, 1),
-                    "viewers": self.viewers, "run": self._info, "device": self._facts[1]}
+                    "viewers": self.viewers, "run": self._info, "device": self._facts[1],
+                    "learn": self.field is not None}
 
     def jpeg(self, wait_newer_than: int | None = None, timeout: float = 2.0) -> tuple[int, bytes] | None:
         """``(version, JPEG bytes)`` of the newest frame, encoded once however many viewers ask."""
@@ -190,7 +218,9 @@ def _handler(view: WebView) -> type[BaseHTTPRequestHandler]:
                 self._send(403, "text/plain", b"this kiosk answers only to its own address (or run with --allow-remote)\n")
                 return
             try:
-                if path in ("/", "/index.html"):
+                if path.startswith("/api/"):
+                    self._api_get(path[len("/api/"):])
+                elif path in ("/", "/index.html"):
                     self._send(200, "text/html; charset=utf-8", PAGE)
                 elif path == "/status":
                     self._send(200, "application/json", json.dumps(view.status()).encode())
@@ -207,8 +237,110 @@ def _handler(view: WebView) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the viewer left
 
-        def _send(self, code: int, kind: str, body: bytes) -> None:
+        def do_POST(self):
+            path = self.path.split("?", 1)[0]
+            action = path[len("/api/"):] if path.startswith("/api/") else ""
+            try:
+                problem = self._refuse_post(action)
+                if problem:
+                    self._json(problem[0], {"error": problem[1]})
+                    return
+                body = self._body()
+                if body is None:
+                    return
+                from edge_app.live.field import Refused
+
+                try:
+                    done = self._act(action, body)
+                except Refused as e:
+                    self._json(e.status, {"error": str(e)})
+                    return
+                self._json(202 if action == "apply" else 200, done)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _refuse_post(self, action: str) -> tuple[int, str] | None:
+            """Why a state-changing request is refused (HTTP code, message), or ``None``."""
+            host = self.headers.get("Host")
+            if not view.host_allowed(host) or not view.origin_allowed(self.headers.get("Origin"), host):
+                return 403, "this kiosk takes actions only from its own page"
+            if action not in ACTIONS:
+                return 404, f"no action {action!r}; the kiosk takes POST /api/{{{','.join(ACTIONS)}}}"
+            if view.field is None:
+                return 403, "this kiosk runs without --learn: it takes no actions"
+            if not view.token_ok(self.headers.get(TOKEN_HEADER)):
+                return 401, f"a wrong or missing token ({TOKEN_HEADER} header): use the one the kiosk printed at start"
+            return None
+
+        def do_PUT(self):  # noqa: N802 - the stdlib's name
+            self._json(405, {"error": "use POST"}, {"Allow": "POST"})
+
+        do_DELETE = do_PATCH = do_PUT  # noqa: N815
+
+        def _body(self) -> dict | None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                self._json(413, {"error": f"a request body is at most {MAX_BODY} bytes"})
+                return None
+            if length and not (self.headers.get("Content-Type") or "").startswith("application/json"):
+                self._json(415, {"error": "send JSON (Content-Type: application/json)"})
+                return None
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                self._json(400, {"error": "the body is not JSON"})
+                return None
+            if not isinstance(body, dict):
+                self._json(400, {"error": "the body must be a JSON object"})
+                return None
+            return body
+
+        def _act(self, action: str, body: dict) -> dict:
+            field = view.field
+            if action == "label":
+                return field.label(body.get("id"), body.get("label"))
+            if action == "discard":
+                return field.discard(body.get("id"))
+            if action == "teach":
+                return field.teach(body.get("label"), body.get("frames", 20), body.get("seconds", 4.0))
+            if action == "apply":
+                return field.apply()
+            return field.undo()
+
+        def _api_get(self, route: str) -> None:
+            field = view.field
+            if route in ACTIONS:
+                self._json(405, {"error": f"/api/{route} changes the kiosk: POST it"}, {"Allow": "POST"})
+            elif field is None:
+                self._json(404, {"error": "the kiosk runs without --learn"})
+            elif route == "collected":
+                self._json(200, {"items": field.items(), "paused": field.collector.paused})
+            elif route.startswith("collected/") and route.endswith(".jpg"):
+                from edge_app.live.field import Refused
+
+                try:
+                    self._send(200, "image/jpeg", field.image(route[len("collected/"):-len(".jpg")]))
+                except Refused as e:
+                    self._json(e.status, {"error": str(e)})
+            elif route == "classes":
+                self._json(200, field.classes())
+            elif route == "job":
+                self._json(200, field.job)
+            elif route == "versions":
+                self._json(200, field.versions())
+            else:
+                self._json(404, {"error": f"no /api/{route}"})
+
+        def _json(self, code: int, obj: dict, headers: dict | None = None) -> None:
+            self._send(code, "application/json", json.dumps(obj).encode(), headers)
+
+        def _send(self, code: int, kind: str, body: bytes, headers: dict | None = None) -> None:
             self.send_response(code)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")

@@ -33,6 +33,15 @@ class ModelArtifact:
     metadata: dict = field(default_factory=dict)
     labels: list[str] | None = None
     edgetpu: bool = False
+    #: The file's bytes, kept when asked (``read_artifact(..., keep_bytes=True)``): an interpreter made from them
+    #: cannot be hurt by the file being rewritten in place while it runs.
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str | None:
+        import hashlib
+
+        return None if self.data is None else hashlib.sha256(self.data).hexdigest()
 
 
 def is_tflite(data: bytes) -> bool:
@@ -40,8 +49,8 @@ def is_tflite(data: bytes) -> bool:
     return len(data) >= 8 and data[4:8] == TFLITE_IDENTIFIER
 
 
-def read_artifact(model: str | Path) -> ModelArtifact:
-    """Read ``model``, check it is a TFLite flatbuffer, and collect its embedded metadata."""
+def read_artifact(model: str | Path, keep_bytes: bool = False) -> ModelArtifact:
+    """Read ``model``, check it is a TFLite flatbuffer, and collect its embedded metadata (and its bytes)."""
     path = Path(model)
     try:
         data = path.read_bytes()
@@ -54,7 +63,8 @@ def read_artifact(model: str | Path) -> ModelArtifact:
             "pass a .tflite model file"
         raise ModelError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); {hint}")
     metadata, labels = _read_embedded(data)
-    return ModelArtifact(path=path, metadata=metadata, labels=labels, edgetpu=EDGETPU_OP in data)
+    return ModelArtifact(path=path, metadata=metadata, labels=labels, edgetpu=EDGETPU_OP in data,
+                         data=data if keep_bytes else None)
 
 
 def _read_embedded(data: bytes) -> tuple[dict, list[str] | None]:

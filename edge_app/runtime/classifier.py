@@ -30,12 +30,22 @@ class ImageClassifier:
         >>> clf = ImageClassifier("mobilenet_v2_1.0_224_quant.tflite", num_threads=2)
         >>> clf.classify(read_image("parrot.jpg"), top_k=1)[0].label
         'macaw'
+
+    Args:
+        in_memory: run the model from its bytes read once (``artifact.data``), not from the file: a
+            long-running app whose model file may be rewritten in place (the live swap) needs it.
+        embedded_labels_first: labels embedded in the model win over ``labels`` (a model swapped in
+            brings its own classes).
+
+    Attributes:
+        labels_source: where the labels came from (a file path, ``embedded``, or ``indices``).
     """
 
     def __init__(self, model: str | Path, labels: str | Path | None = None, device: str = "cpu",
-                 num_threads: int | None = None, mean=None, std=None, center_crop: float | None = None):
+                 num_threads: int | None = None, mean=None, std=None, center_crop: float | None = None,
+                 in_memory: bool = False, embedded_labels_first: bool = False):
         self.path = resolve_model(model, device)
-        self.artifact: ModelArtifact = read_artifact(self.path)
+        self.artifact: ModelArtifact = read_artifact(self.path, keep_bytes=in_memory)
         self.device = device
         self.num_threads = num_threads or default_num_threads()
         self.interpreter = make_interpreter(self.artifact, device, self.num_threads)
@@ -53,17 +63,21 @@ class ImageClassifier:
         if not self.spec.quantized and not self.spec.normalization_known:
             log.warning("%s carries no input normalization: feeding raw 0-255 pixels. If it expects [0, 1] "
                         "pass --std 255, for [-1, 1] pass --mean 127.5 --std 127.5", self.path.name)
-        self.labels = self._labels(labels)
+        self.labels_source = "indices"
+        self.labels = self._labels(labels, embedded_labels_first)
         self.probabilities = self.artifact.metadata.get("output") == "probabilities" or None
         self._input = self.spec.new_buffer()
 
-    def _labels(self, labels: str | Path | None) -> list[str]:
-        if labels is not None:
+    def _labels(self, labels: str | Path | None, embedded_first: bool) -> list[str]:
+        if labels is not None and not (embedded_first and self.artifact.labels):
+            self.labels_source = str(labels)
             return match_labels(read_labels(labels), self.num_classes, str(labels))
         if self.artifact.labels:
+            self.labels_source = "embedded"
             return match_labels(self.artifact.labels, self.num_classes, f"the labels embedded in {self.path.name}")
         beside = self.path.parent / LABELS
         if beside.is_file():
+            self.labels_source = str(beside)
             return match_labels(read_labels(beside), self.num_classes, str(beside))
         log.warning("no labels for %s: showing class indices. Pass --labels FILE", self.path.name)
         return [str(i) for i in range(self.num_classes)]

@@ -143,14 +143,16 @@ def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num
     try:
         # Hide "INFO: Created TensorFlow Lite XNNPACK delegate"; real native errors still show.
         with native_stderr_to_log(show=lambda line: bool(line.strip()) and not line.startswith("INFO: ")):
-            interpreter = runtime.interpreter_class(
-                model_path=str(path), experimental_delegates=delegates or None, num_threads=threads)
+            source = {"model_path": str(path)} if artifact.data is None else {"model_content": artifact.data}
+            interpreter = runtime.interpreter_class(**source, experimental_delegates=delegates or None,
+                                                    num_threads=threads)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         reason = first_line(e)
         if "flatbuffer" in reason.lower():
             # A verifier failure: the bytes are damaged, not too new.
-            raise ModelError(f"{path} is damaged ({reason}; {path.stat().st_size} bytes): it was probably truncated "
+            size = len(artifact.data) if artifact.data is not None else path.stat().st_size
+            raise ModelError(f"{path} is damaged ({reason}; {size} bytes): it was probably truncated "
                              "while copying; copy it again, or convert it again") from e
         raise ModelError(f"{runtime.name} {runtime.version} cannot load {path}: {reason}. "
                          "If it uses ops this runtime lacks, upgrade it: pip install -U ai-edge-litert") from e

@@ -3,7 +3,6 @@ the real CLI in subprocesses, a fake Picamera2 where the Pi's camera would be.""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO
+from support import EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO, read_log, write_video
 
 from edge_app.live.app import AppConfig, run
 from edge_app.live.sources import FrameSource, VideoFileSource
@@ -22,27 +21,6 @@ from edge_app.runtime import ImageClassifier, read_image
 from edge_app.runtime.errors import EdgeclsError, SourceError
 
 PARROT, HOPPER = "macaw", "military uniform"
-
-
-def write_video(path: Path, names_and_counts, size=(640, 480), fps=15) -> Path:
-    """An MJPG .avi of real photos, each repeated ``count`` frames."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    assert writer.isOpened()
-    for name, count in names_and_counts:
-        frame = cv2.resize(cv2.cvtColor(read_image(IMAGES / name), cv2.COLOR_RGB2BGR), size, interpolation=cv2.INTER_AREA)
-        for _ in range(count):
-            writer.write(frame)
-    writer.release()
-    return path
-
-
-def read_log(path: Path) -> tuple[dict, list[dict], list[dict]]:
-    lines = path.read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    assert "header" in records[0]
-    frames = [r for r in records if "frame" in r]
-    events = [r for r in records if "event" in r]
-    return records[0]["header"], frames, events
 
 
 @pytest.fixture(scope="module")

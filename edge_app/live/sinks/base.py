@@ -29,6 +29,7 @@ class Result:
         latency_ms: from the frame's capture (or decode) to this result.
         fps: classified frames per second over the last second or so.
         file: the image file of a folder source.
+        ranked: the best five ``[(label, score)]`` when field collection needs more than ``top_k``.
     """
 
     frame: int
@@ -39,6 +40,7 @@ class Result:
     latency_ms: float = 0.0
     fps: float = 0.0
     file: str | None = None
+    ranked: list[tuple[str, float]] | None = None
 
     @property
     def uncertain(self) -> bool:
@@ -64,8 +66,11 @@ class Sink:
     def update(self, frame: Frame, result: Result) -> None:
         pass
 
-    def event(self, name: str, detail: str) -> None:
-        """Something happened that is not a frame (the camera was lost or came back)."""
+    def event(self, name: str, detail: str, **fields) -> None:
+        """Something happened that is not a frame (the camera was lost or came back, a model was swapped in).
+
+        ``fields`` are the event's facts (``old_sha256``, ``new_sha256``, ``reason`` ...), JSON-ready.
+        """
 
     def close(self) -> None:
         pass

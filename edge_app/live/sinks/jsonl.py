@@ -91,8 +91,8 @@ class JsonlLog(Sink):
     def update(self, frame: Frame, result: Result) -> None:
         self._write(result.record(self.top_k))
 
-    def event(self, name: str, detail: str) -> None:
-        self._write({"event": name, "t": round(time.time(), 3), "detail": detail}, flush=True)
+    def event(self, name: str, detail: str, **fields) -> None:
+        self._write({"event": name, "t": round(time.time(), 3), "detail": detail, **fields}, flush=True)
 
     def _write(self, record: dict, flush: bool = False) -> None:
         line = (json.dumps(record, separators=(", ", ": ")) + "\n").encode("utf-8")

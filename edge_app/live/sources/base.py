@@ -38,6 +38,7 @@ class Frame:
         display: a larger BGR frame for the window and the web view (picamera's main stream).
         tensor: the model input, when the decode thread pre-processed it.
         preprocess_ms: how long that pre-processing took.
+        spec: the :class:`~edge_app.runtime.InputSpec` that ``tensor`` was made for.
         file: the image file's name, for folder sources (the log says which photo a line is about).
     """
 
@@ -50,6 +51,7 @@ class Frame:
     tensor: np.ndarray | None = None
     preprocess_ms: float = 0.0
     file: str | None = None
+    spec: object = None  # the InputSpec ``tensor`` was made for (a swapped-in model may want another)
 
     def view_bgr(self) -> np.ndarray:
         """The frame to show people, BGR (what OpenCV draws on and encodes)."""
