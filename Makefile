@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 13) else "edgecls needs Python 3.10-3.13, this is %d.%d: set PYTHON=python3.11" % v)'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[edge,train,dev]'
+	$(PY) -m pip install --quiet -e '.[edge,train,fleet,dev]'
 	touch $(STAMP)
 
 test: setup

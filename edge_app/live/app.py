@@ -135,6 +135,15 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
         sinks.append(web)
         if token and not config.token_file:
             log.info("kiosk token (for teach, apply, undo): %s  open %s#token=%s", token, web.url, token)
+    if config.mqtt:
+        from edge_app.live.mqtt import MqttLink
+
+        def install(data: bytes, origin: str) -> tuple[bool, str, str | None]:
+            outcome = swapper.install(data, f"deploy from {origin}")
+            return outcome.accepted, outcome.reason, outcome.sha256
+
+        sinks.append(MqttLink(config.mqtt, config.fleet_id, ca_file=config.mqtt_ca, trust=config.trust,
+                              installer=install))
     if config.collect:
         from edge_app.live.collect import FrameCollector
 
@@ -222,6 +231,8 @@ EPILOG = """examples:
   edgecls run leaf.tflite --source photos/ --save-frames evidence/ --save-when late_blight,uncertain
   edgecls run model_int8_edgetpu.tflite --device edgetpu --source picamera
   edgecls run leaf.tflite --source picamera --web 127.0.0.1:8080 --collect /var/lib/edgecls/field --learn
+  edgecls run leaf.tflite --source picamera --mqtt mqtts://kiosk3@broker.lan --mqtt-ca ca.crt \
+      --device-id kiosk-03 --trust fleet.key.pub       # status, results, events; signed deploys
 
 Replacing the model file (write a temporary file and rename it over MODEL) or SIGHUP swaps the
 new model in between two frames once it loads, has labels that fit and runs on the latest frame;
@@ -285,6 +296,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the kiosk page reviews, teaches, applies and undoes (needs --collect and --web)")
     field.add_argument("--token-file", metavar="FILE",
                        help="the kiosk token for --learn (made, mode 0600, when missing); default: a new one, printed")
+    fleet = parser.add_argument_group("fleet (MQTT; pip install edgecls[fleet])")
+    fleet.add_argument("--mqtt", metavar="URL", help="report to this broker and take signed deploys: "
+                       "mqtt[s]://[user[:pass]@]host[:port] (a password may come from EDGECLS_MQTT_PASSWORD)")
+    fleet.add_argument("--device-id", metavar="ID", help="this device's name in the fleet (default: the host name)")
+    fleet.add_argument("--mqtt-ca", metavar="FILE", help="the CA certificate of an mqtts:// broker")
+    fleet.add_argument("--trust", metavar="KEY.pub", help="the ed25519 public key deploys must be signed with "
+                       "(edgecls fleet keygen); without it, remote deploys are refused")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -298,6 +316,7 @@ def main(args: argparse.Namespace) -> int:
         watch=not args.no_watch, collect=args.collect, collect_below=args.collect_below,
         collect_margin=args.collect_margin, collect_every=args.collect_every,
         collect_sample_every=args.collect_sample_every, collect_max=args.collect_max, learn=args.learn,
-        token_file=args.token_file)
+        token_file=args.token_file, mqtt=args.mqtt, device_id=args.device_id, mqtt_ca=args.mqtt_ca,
+        trust=args.trust)
     run(config)
     return 0

@@ -51,6 +51,10 @@ class AppConfig:
     collect_max: int = 1000
     learn: bool = False
     token_file: str | None = None
+    mqtt: str | None = None
+    device_id: str | None = None
+    mqtt_ca: str | None = None
+    trust: str | None = None
 
     def collect_config(self):
         """The ``--collect`` settings, or ``None``."""
@@ -88,6 +92,8 @@ class AppConfig:
                             "(the kiosk page it works from)")
         if self.token_file and not self.learn:
             problems.append("--token-file is the kiosk's token for --learn; add --learn")
+        if (self.device_id or self.mqtt_ca or self.trust) and not self.mqtt:
+            problems.append("--device-id, --mqtt-ca and --trust belong to --mqtt URL (the fleet's broker); add it")
         if problems:
             raise EdgeclsError("; ".join(problems))
         check_threads(self.num_threads)
@@ -97,3 +103,15 @@ class AppConfig:
             from edge_app.live.web import parse_web_address
 
             parse_web_address(self.web, self.allow_remote)
+        if self.mqtt:
+            from edge_app.runtime.broker import check_device_id, parse_broker_url
+
+            parse_broker_url(self.mqtt, "--mqtt")
+            check_device_id(self.fleet_id)
+
+    @property
+    def fleet_id(self) -> str:
+        """``--device-id``, or this machine's host name."""
+        import socket
+
+        return self.device_id or socket.gethostname().split(".")[0]

@@ -64,6 +64,14 @@ class BenchError(EdgeclsError):
     """A benchmark that cannot run as asked (bad flag value, missing folder, a worker that died)."""
 
 
+class FleetError(EdgeclsError):
+    """A broker URL, device id, key file or fleet target that cannot be used as given, or a broker out of reach."""
+
+
+class SignatureError(FleetError):
+    """A model whose sha256 or ed25519 signature does not match the trusted key: it is never installed."""
+
+
 class CheckFailed(EdgeclsError):
     """A measured check (accuracy drop, latency) did not pass. Artifacts are still written."""
 

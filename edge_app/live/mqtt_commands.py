@@ -1,0 +1,347 @@
+"""What a device does with a command from the broker: parse it, fetch and verify the model, run a benchmark.
+
+A command is data, never code: JSON with a request id, the model (base64, or an http(s) URL to
+download it from), its sha256 and an ed25519 signature. Every problem becomes a :class:`FleetError`
+whose message is the ``reason`` of a rejected ack; nothing here raises anything else on bad input.
+These run on the MQTT link's worker threads, never on paho's network thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import json
+import logging
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_app.runtime.artifact import is_tflite
+from edge_app.runtime.errors import FleetError
+from edge_app.runtime.signing import verify_model
+
+log = logging.getLogger("edgecls")
+
+# installer(data, origin) -> (accepted, reason, sha256): writes, validates and swaps in the model, or rolls back.
+Installer = Callable[[bytes, str], tuple[bool, str, str]]
+MAX_RUNS = 1000
+DEFAULT_RUNS = 50
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_.:-]{1,100})"')
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed ``cmd/model`` or ``cmd/bench`` message (its model bytes not yet fetched or verified)."""
+
+    id: str
+    cmd: str
+    sha256: str
+    signature: str
+    model_b64: str | None = None
+    url: str | None = None
+    name: str = "model.tflite"
+    runs: int = DEFAULT_RUNS
+    threads: tuple[int, ...] | None = None
+
+    @property
+    def origin(self) -> str:
+        """Where the model came from, for the installer's log and the swap event."""
+        return f"mqtt {self.cmd} {self.id} ({self.url or self.name})"
+
+
+def leading_id(payload: bytes) -> str | None:
+    """The request id of a message too big or too broken to parse, when it comes first (the host puts it first)."""
+    found = _LEADING_ID.match(payload[:300])
+    return found.group(1).decode("ascii") if found else None
+
+
+def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
+    """Check a command message's size, JSON and fields; raises :class:`FleetError` saying what is wrong."""
+    if len(payload) > max_payload_bytes:
+        raise FleetError(f"the message is {len(payload) / 1e6:.1f} MB, over this device's cap of "
+                         f"{max_payload_bytes / 1e6:.0f} MB; send a URL instead of the model bytes")
+    try:
+        message = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FleetError(f"the message is not JSON ({e})") from None
+    if not isinstance(message, dict):
+        raise FleetError("the message must be a JSON object")
+    request = message.get("id")
+    if not isinstance(request, str) or not _ID.fullmatch(request):
+        raise FleetError("the message needs an 'id': 1-100 letters, digits or _ . : -")
+    for key in ("sha256", "signature"):
+        if not isinstance(message.get(key), str):
+            raise FleetError(f"the message has no '{key}' string; sign it with: edgecls fleet {cmd} --key KEY")
+    model, url = message.get("model"), message.get("url")
+    if (model is None) == (url is None):
+        raise FleetError("the message needs exactly one of 'model' (base64 bytes) or 'url' (http or https)")
+    if model is not None and not isinstance(model, str):
+        raise FleetError("'model' must be a base64 string")
+    if url is not None and (not isinstance(url, str) or not re.match(r"https?://", url)):
+        raise FleetError(f"'url' must be an http:// or https:// URL, got {str(url)[:100]!r}")
+    name = message.get("name")
+    name = name if isinstance(name, str) and _NAME.fullmatch(name) and name.endswith(".tflite") else "model.tflite"
+    runs, threads = DEFAULT_RUNS, None
+    if cmd == "bench":
+        runs = message.get("runs", DEFAULT_RUNS)
+        if not isinstance(runs, int) or isinstance(runs, bool) or not 1 <= runs <= MAX_RUNS:
+            raise FleetError(f"'runs' must be a whole number from 1 to {MAX_RUNS}, got {runs!r}")
+        threads = message.get("threads")
+        cores = os.cpu_count() or 1
+        if threads is not None:
+            if (not isinstance(threads, list) or not 1 <= len(threads) <= 4 or
+                    not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= max(cores, 4)
+                            for n in threads)):
+                raise FleetError(f"'threads' must be a list of 1-4 thread counts from 1 to {max(cores, 4)}, "
+                                 f"got {str(threads)[:60]}")
+            threads = tuple(dict.fromkeys(threads))
+    return Command(id=request, cmd=cmd, sha256=message["sha256"], signature=message["signature"], model_b64=model,
+                   url=url, name=name, runs=runs, threads=threads)
+
+
+def _http_only_opener() -> urllib.request.OpenerDirector:
+    """urllib without file://, ftp:// or data://: a URL in a message must never read this device's own files."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def download(url: str, max_bytes: int, timeout_s: float) -> bytes:
+    """The body at an http(s) ``url``, at most ``max_bytes``; raises :class:`FleetError` on any failure."""
+    try:
+        with _http_only_opener().open(url, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise FleetError(f"{url} is {int(length) / 1e6:.1f} MB, over the cap of {max_bytes / 1e6:.0f} MB")
+            data = response.read(max_bytes + 1)
+    except FleetError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise FleetError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise FleetError(f"downloading {url} failed: {getattr(e, 'reason', None) or e}") from None
+    if len(data) > max_bytes:
+        raise FleetError(f"{url} is over the cap of {max_bytes / 1e6:.0f} MB")
+    return data
+
+
+def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> bytes:
+    """The command's model bytes, checked: a TFLite model, with the signed sha256, signed by ``trust``.
+
+    Raises:
+        FleetError: no trusted key on this device, undecodable or oversize bytes, a failed download, or
+            (as :class:`~edge_app.runtime.errors.SignatureError`) a sha256 or signature that does not match.
+    """
+    if trust is None:
+        raise FleetError("remote deploys are refused: this device runs without --trust KEY.pub")
+    if command.model_b64 is not None:
+        if len(command.model_b64) > (max_bytes * 4) // 3 + 4:
+            raise FleetError(f"the model is over this device's cap of {max_bytes / 1e6:.0f} MB")
+        try:
+            data = base64.b64decode(command.model_b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise FleetError(f"'model' is not valid base64 ({e})") from None
+    else:
+        data = download(command.url, max_bytes, timeout_s)
+    verify_model(trust, data, command.sha256, command.signature)
+    # Checked after the signature: a signed file that is not a model is still not installed.
+    if not is_tflite(data):
+        raise FleetError("the signed file is not a TFLite model (no 'TFL3' identifier)")
+    return data
+
+
+class BenchRunner:
+    """Runs ``python -m benchmarks`` on a model in a fresh process, one at a time; :meth:`kill` stops it."""
+
+    def __init__(self, timeout_s: float = 900.0):
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._killed = False
+
+    def run(self, data: bytes, command: Command) -> dict:
+        """The ``edgecls bench --json`` report for the model bytes ``data``; raises :class:`FleetError` on failure."""
+        with tempfile.TemporaryDirectory(prefix="edgecls-bench-") as folder:
+            model = Path(folder) / command.name
+            model.write_bytes(data)
+            report = Path(folder) / "bench.json"
+            argv = [sys.executable, "-m", "benchmarks", str(model), "--runs", str(command.runs),
+                    "--warmup", str(min(10, command.runs)), "--json", str(report), "-q"]
+            if command.threads:
+                argv += ["--threads", ",".join(map(str, command.threads))]
+            log.info("mqtt bench %s: %s, %d runs", command.id, command.name, command.runs)
+            self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                _, stderr = self._proc.communicate(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.communicate()
+                raise FleetError(f"the benchmark ran past {self.timeout_s:.0f} s and was stopped; ask for fewer runs") \
+                    from None
+            finally:
+                code, self._proc = self._proc.returncode, None
+            if self._killed:
+                raise FleetError("the benchmark was stopped: the device is shutting down")
+            if code != 0 or not report.is_file():
+                last = (stderr or "").strip().splitlines()[-1:] or [f"exit code {code}"]
+                raise FleetError(f"the benchmark failed: {last[0][:300]}")
+            return json.loads(report.read_text(encoding="utf-8"))
+
+    def kill(self) -> None:
+        self._killed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+
+class CommandDesk:
+    """Takes commands from paho's thread and carries them out on worker threads, answering each with an ack.
+
+    Deploys run one after another on one worker (two may wait; more are refused as busy); a benchmark
+    runs on a thread of its own, one at a time, so a long benchmark never holds up a deploy. A request
+    id seen before (QoS 1 may deliver twice) gets its earlier ack again and is never carried out twice.
+
+    Acks: ``{"id", "cmd": "model"|"bench", "accepted", "reason", "sha256", "device_id", "t"}``; a benchmark
+    first acks ``state: "running"``, then ``state: "done"`` with ``result`` (the ``edgecls bench --json`` report).
+    """
+
+    def __init__(self, device_id: str, send_ack: Callable[[dict], None], trust, installer: Installer | None,
+                 max_payload_bytes: int, download_timeout_s: float = 60.0, bench_timeout_s: float = 900.0):
+        self.device_id, self.send_ack = device_id, send_ack
+        self.trust, self.installer = trust, installer
+        self.max_payload_bytes, self.download_timeout_s = max_payload_bytes, download_timeout_s
+        self._deploys: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._answered: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._bench = BenchRunner(bench_timeout_s)
+        self._bench_thread: threading.Thread | None = None
+        self._bench_id: str | None = None
+        self._worker = threading.Thread(target=self._deploy_loop, name="mqtt-deploys", daemon=True)
+        self._closed = False
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._bench.kill()
+        try:
+            self._deploys.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._worker.is_alive():
+            self._worker.join(timeout=2)
+
+    def submit(self, cmd: str, payload: bytes) -> None:
+        """Queue a command (called on paho's network thread: no parsing, no waiting, never raises)."""
+        try:
+            if len(payload) > self.max_payload_bytes:
+                raise FleetError(f"the message is {len(payload) / 1e6:.1f} MB, over this device's cap of "
+                                 f"{self.max_payload_bytes / 1e6:.0f} MB; send a URL instead of the model bytes")
+            if cmd == "bench":
+                if self._bench_thread is not None and self._bench_thread.is_alive():
+                    if leading_id(payload) == self._bench_id:
+                        return  # QoS 1 delivered the running request again: its answer is coming
+                    raise FleetError("busy: a benchmark is running; one at a time")
+                self._bench_id = leading_id(payload)
+                self._bench_thread = threading.Thread(target=self._guarded, args=("bench", payload),
+                                                      name="mqtt-bench", daemon=True)
+                self._bench_thread.start()
+            elif cmd == "model":
+                self._deploys.put_nowait(payload)
+            else:
+                raise FleetError(f"unknown command {cmd!r}; this device takes 'model' and 'bench'")
+        except queue.Full:
+            self._ack(leading_id(payload), cmd, False, "busy: two deploys are already waiting; try again")
+        except FleetError as e:
+            self._ack(leading_id(payload), cmd, False, str(e))
+
+    def _ack(self, request: str | None, cmd: str, accepted: bool, reason: str, remember: bool = False,
+             **fields) -> None:
+        ack = {"id": request, "cmd": cmd, "accepted": accepted, "reason": reason, **fields,
+               "device_id": self.device_id, "t": round(time.time(), 3)}
+        if remember and request:
+            with self._lock:
+                self._answered[request] = ack
+                while len(self._answered) > 64:
+                    self._answered.popitem(last=False)
+        (log.info if accepted else log.warning)("mqtt %s %s: %s%s", cmd, request, "accepted" if accepted else
+                                                "rejected", f" ({reason})" if reason else "")
+        try:
+            self.send_ack(ack)
+        except Exception as e:  # the broker went away: the device's log still says what happened
+            log.warning("mqtt %s %s: the ack could not be sent: %s", cmd, request, e)
+
+    def _guarded(self, cmd: str, payload: bytes) -> None:
+        try:
+            (self._run_bench if cmd == "bench" else self._deploy)(payload)
+        except Exception as e:  # a worker must outlive any one command, and the host still gets an answer
+            log.warning("mqtt %s failed: %s", cmd, e)
+            self._ack(leading_id(payload), cmd, False, f"the device failed: {type(e).__name__}: {e}"[:500])
+
+    def _parse(self, cmd: str, payload: bytes) -> Command | None:
+        """The command, or None once it is answered (rejected, or a repeat of a request already answered)."""
+        try:
+            command = parse_command(cmd, payload, self.max_payload_bytes)
+        except FleetError as e:
+            self._ack(leading_id(payload), cmd, False, str(e))
+            return None
+        with self._lock:
+            earlier = self._answered.get(command.id)
+        if earlier is not None:
+            self.send_ack(earlier)
+            return None
+        return command
+
+    def _deploy_loop(self) -> None:
+        while (payload := self._deploys.get()) is not None and not self._closed:
+            self._guarded("model", payload)
+
+    def _deploy(self, payload: bytes) -> None:
+        command = self._parse("model", payload)
+        if command is None:
+            return
+        try:
+            data = fetch_model(command, self.trust, self.max_payload_bytes, self.download_timeout_s)
+            if self.installer is None:
+                raise FleetError("this device cannot install models (no installer)")
+        except FleetError as e:
+            self._ack(command.id, "model", False, str(e), remember=True, sha256=command.sha256)
+            return
+        try:
+            accepted, reason, sha256 = self.installer(data, command.origin)
+        except Exception as e:  # the installer rolls back; whatever it raised is the reason
+            accepted, reason, sha256 = False, f"installing failed: {e}", command.sha256
+        self._ack(command.id, "model", bool(accepted), str(reason), remember=True, sha256=sha256)
+
+    def _run_bench(self, payload: bytes) -> None:
+        command = self._parse("bench", payload)
+        if command is None:
+            return
+        try:
+            data = fetch_model(command, self.trust, self.max_payload_bytes, self.download_timeout_s)
+            self._ack(command.id, "bench", True, "running", state="running", sha256=command.sha256)
+            report = self._bench.run(data, command)
+        except FleetError as e:
+            self._ack(command.id, "bench", False, str(e), remember=True, state="done", sha256=command.sha256)
+            return
+        report.setdefault("device", {})["device_id"] = self.device_id
+        for row in report.get("results", []):
+            # Not the temporary path it ran from on the device.
+            row["model"], row["name"] = command.name, Path(command.name).stem
+        self._ack(command.id, "bench", True, "", remember=True, state="done", sha256=command.sha256, result=report)

@@ -1,0 +1,141 @@
+"""The fleet's MQTT contract, in one place for the device (``edgecls run --mqtt``) and the host (``edgecls fleet``).
+
+The broker URL grammar, the topic names, the size caps and the one way a paho client is made (TLS,
+credentials). paho-mqtt is imported inside :func:`make_client`: nothing else here needs it.
+
+Topics, for a device ``ID``::
+
+    edgecls/ID/status      retained JSON, refreshed every few seconds; the last will sets online: false
+    edgecls/ID/result      label changes and a heartbeat (QoS 0, never queued)
+    edgecls/ID/event       camera lost/reopened, model swapped/rejected, ... (QoS 1, buffered while offline)
+    edgecls/ID/cmd/model   a signed deploy           edgecls/ID/cmd/bench   a signed benchmark request
+    edgecls/ID/ack         the device's answer to a command (QoS 1)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from edge_app.runtime.errors import FleetError
+
+ROOT = "edgecls"
+KINDS = ("status", "result", "event", "ack", "cmd/model", "cmd/bench")
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# A model travels base64 inside JSON (4/3 of its size); 64 MB of message is a 48 MB model.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+# EDGECLS_MQTT_PASSWORD keeps a password out of shell history and `ps` when the URL names only the user.
+PASSWORD_ENV = "EDGECLS_MQTT_PASSWORD"
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """A parsed ``mqtt[s]://[user[:password]@]host[:port]``; ``str()`` never shows the password."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
+
+
+def parse_broker_url(url: str, flag: str = "--mqtt") -> BrokerUrl:
+    """Parse a broker URL; a bad one raises a one-line :class:`FleetError` naming ``flag`` and the form to use.
+
+    Example:
+        >>> parse_broker_url("mqtts://kiosk:secret@broker.lan")
+        BrokerUrl(host='broker.lan', port=8883, tls=True, username='kiosk')
+    """
+    form = "use mqtt://HOST[:PORT] or mqtts://USER:PASSWORD@HOST[:PORT]"
+    # The message names the URL without its password: errors end up in logs and CI output.
+    shown = re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", str(url))
+    try:
+        parts = urlsplit(str(url).strip())
+        port = parts.port
+    except ValueError as e:
+        raise FleetError(f"{flag} {shown}: not a broker URL ({e}); {form}") from e
+    if parts.scheme not in DEFAULT_PORTS:
+        raise FleetError(f"{flag} {shown}: the scheme must be mqtt:// or mqtts:// (TLS), "
+                         f"got {parts.scheme + '://' if parts.scheme else 'none'}; {form}")
+    if not parts.hostname:
+        raise FleetError(f"{flag} {shown}: no host; {form}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise FleetError(f"{flag} {shown}: a broker URL has no path or query; {form}")
+    if port == 0:
+        raise FleetError(f"{flag} {shown}: port 0 is not a port; {form}")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return BrokerUrl(host=parts.hostname, port=port or DEFAULT_PORTS[parts.scheme], tls=parts.scheme == "mqtts",
+                     username=username, password=password)
+
+
+def check_device_id(device_id: str, flag: str = "--device-id") -> str:
+    """A device id is a topic level: letters, digits, ``_ . -``, at most 64, no MQTT wildcards or slashes."""
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+        raise FleetError(f"{flag} {device_id!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter "
+                         "or digit (it is an MQTT topic level: no '/', '+' or '#'), e.g. kiosk-03")
+    return device_id
+
+
+def topic(device_id: str, kind: str) -> str:
+    """``edgecls/<device_id>/<kind>``; ``device_id`` may be ``+`` for a host subscribing to every device."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}; one of {', '.join(KINDS)}")
+    return f"{ROOT}/{device_id}/{kind}"
+
+
+def device_of(topic_name: str) -> str | None:
+    """The device id in an ``edgecls/<ID>/...`` topic, else None."""
+    parts = topic_name.split("/")
+    return parts[1] if len(parts) >= 3 and parts[0] == ROOT else None
+
+
+def require_paho():
+    """The ``paho.mqtt.client`` module, version 2 or later, or a one-line error saying how to install it."""
+    try:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion  # noqa: F401  (paho 2's callback API)
+    except ImportError as e:
+        raise FleetError("MQTT needs paho-mqtt 2 or later: pip install 'edgecls[fleet]'") from e
+    return mqtt
+
+
+def make_client(broker: BrokerUrl, client_id: str | None = None, ca_file: str | os.PathLike | None = None,
+                flag: str = "--mqtt"):
+    """A paho client (MQTT 3.1.1, callback API 2) with the URL's credentials and, for ``mqtts``, TLS.
+
+    ``ca_file`` is the CA that signed the broker's certificate; without one the system's CAs are used.
+    Nothing is connected yet.
+
+    Example:
+        >>> client = make_client(parse_broker_url("mqtt://localhost"), "edgecls-host")
+    """
+    mqtt = require_paho()
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise FleetError(f"the CA file {ca_file} does not exist; pass the CA certificate (PEM) that signed the "
+                         "broker's certificate")
+    if ca_file is not None and not broker.tls:
+        raise FleetError(f"a CA file was given but {flag} {broker} is plain mqtt://; use mqtts:// for TLS")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}",
+                         protocol=mqtt.MQTTv311)
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password if broker.password is not None
+                               else os.environ.get(PASSWORD_ENV))
+    if broker.tls:
+        try:
+            client.tls_set(ca_certs=str(ca_file) if ca_file else None)
+        except (OSError, ValueError) as e:
+            raise FleetError(f"cannot set up TLS with CA file {ca_file}: {e}; pass a PEM CA certificate") from e
+    return client

@@ -1,0 +1,182 @@
+"""Signed models: the host signs a model with an ed25519 key, the device verifies it against ``--trust KEY.pub``.
+
+What is signed is the model's sha256, domain-separated (``edgecls-model-v1:<sha256 hex>``), so a
+signature made for a model can never be passed off as a signature over anything else. The private
+key stays on the host (``edgecls fleet keygen``); only the public key is copied to devices.
+
+``cryptography`` is imported inside the functions: ``edgecls run`` without ``--trust`` never needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from edge_app.runtime.errors import FleetError, SignatureError
+from edge_app.runtime.files import atomic_path, write_bytes
+
+SIGNED_PREFIX = b"edgecls-model-v1:"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _crypto():
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as e:
+        raise FleetError("signed models need the 'cryptography' package: pip install 'edgecls[fleet]'") from e
+    return serialization, ed25519, InvalidSignature
+
+
+def sha256_hex(data: bytes) -> str:
+    """The lowercase hex sha256 of ``data`` (what status, acks and signatures name a model by)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def generate_keypair(out: str | os.PathLike, force: bool = False) -> tuple[Path, Path]:
+    """Write a new ed25519 private key to ``out`` (PEM PKCS#8, mode 0600) and its public key to ``out.pub``.
+
+    Both files are written atomically. An existing key is never replaced without ``force``: a lost
+    private key means re-trusting every device.
+
+    Example:
+        >>> generate_keypair(Path("~/.config/edgecls/fleet.key").expanduser())
+        (PosixPath('.../fleet.key'), PosixPath('.../fleet.key.pub'))
+    """
+    serialization, ed25519, _ = _crypto()
+    out = Path(out).expanduser()
+    pub = out.with_name(out.name + ".pub")
+    for path in (out, pub):
+        if path.is_dir():
+            raise FleetError(f"{path} is a folder; give a file name for the key, e.g. {path / 'fleet.key'}")
+        if path.exists() and not force:
+            raise FleetError(f"{path} already exists; refusing to replace a key (devices trust it). "
+                             "Choose another name, or pass --force to replace it")
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    with atomic_path(out) as tmp:
+        # 0600 before a single byte lands: the key is never readable by others, not even for a moment.
+        os.chmod(tmp, 0o600)
+        with open(tmp, "wb") as f:
+            f.write(private_pem)
+            f.flush()
+            os.fsync(f.fileno())
+    write_bytes(pub, public_pem)
+    return out, pub
+
+
+def _read_key_file(path: str | os.PathLike, what: str, flag: str) -> bytes:
+    path = Path(path).expanduser()
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise FleetError(f"{flag} {path}: no such {what} file; make a key pair with: edgecls fleet keygen KEY") from e
+    except OSError as e:
+        raise FleetError(f"{flag} {path}: cannot read the {what} ({e.strerror})") from e
+
+
+def load_private_key(path: str | os.PathLike, flag: str = "--key"):
+    """The ed25519 private key in ``path`` (PEM PKCS#8 as ``keygen`` writes, or an unencrypted OpenSSH key).
+
+    Example:
+        >>> key = load_private_key("fleet.key")
+    """
+    serialization, ed25519, _ = _crypto()
+    data = _read_key_file(path, "private key", flag)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY"):
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        hint = " (that is the public key: pass the file without .pub)" if b"PUBLIC KEY" in data[:100] or \
+            str(path).endswith(".pub") else ""
+        raise FleetError(f"{flag} {path} is not an unencrypted ed25519 private key{hint}; "
+                         "make one with: edgecls fleet keygen KEY") from e
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise FleetError(f"{flag} {path} is a {type(key).__name__}, not an ed25519 key; "
+                         "make one with: edgecls fleet keygen KEY")
+    return key
+
+
+def load_public_key(path: str | os.PathLike, flag: str = "--trust"):
+    """The ed25519 public key in ``path`` (PEM as ``keygen`` writes ``KEY.pub``, or an ``ssh-ed25519`` line).
+
+    Example:
+        >>> trust = load_public_key("fleet.key.pub")
+    """
+    serialization, ed25519, _ = _crypto()
+    data = _read_key_file(path, "public key", flag)
+    try:
+        if data.lstrip().startswith(b"ssh-ed25519"):
+            key = serialization.load_ssh_public_key(data.strip())
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, binascii.Error) as e:
+        hint = " (that looks like a private key: copy KEY.pub to the device, never KEY)" if b"PRIVATE" in data[:100] \
+            else ""
+        raise FleetError(f"{flag} {path} is not an ed25519 public key{hint}; "
+                         "the host makes one with: edgecls fleet keygen KEY (then copy KEY.pub)") from e
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise FleetError(f"{flag} {path} is a {type(key).__name__}, not an ed25519 public key")
+    return key
+
+
+def key_id(key) -> str:
+    """A short fingerprint of a key pair (16 hex digits of the public key's sha256), the same for both halves.
+
+    Devices report it in their status, so the host can tell which devices trust its key.
+    """
+    serialization, ed25519, _ = _crypto()
+    public = key.public_key() if isinstance(key, ed25519.Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_model(key, data: bytes) -> dict:
+    """``{"sha256": hex, "signature": base64}`` for the model bytes ``data``, signed with the private ``key``.
+
+    Example:
+        >>> sign_model(load_private_key("fleet.key"), Path("model_int8.tflite").read_bytes())
+        {'sha256': '9f2c...', 'signature': 'u0Lk...=='}
+    """
+    digest = sha256_hex(data)
+    signature = key.sign(SIGNED_PREFIX + digest.encode("ascii"))
+    return {"sha256": digest, "signature": base64.b64encode(signature).decode("ascii")}
+
+
+def verify_model(public_key, data: bytes, sha256: str, signature: str) -> None:
+    """Check that ``data`` has the claimed ``sha256`` and that ``signature`` over it verifies with ``public_key``.
+
+    Raises:
+        SignatureError: naming what did not match; the caller must not install ``data``.
+
+    Example:
+        >>> verify_model(load_public_key("fleet.key.pub"), data, msg["sha256"], msg["signature"])
+    """
+    _, _, InvalidSignature = _crypto()
+    if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
+        raise SignatureError(f"sha256 must be 64 lowercase hex digits, got {str(sha256)[:80]!r}")
+    actual = sha256_hex(data)
+    if actual != sha256:
+        raise SignatureError(f"the model bytes have sha256 {actual[:12]}…, not the signed {sha256[:12]}…: "
+                             "corrupted or tampered in transit")
+    try:
+        raw = base64.b64decode(signature, validate=True) if isinstance(signature, str) else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 64:
+        raise SignatureError("the signature is not 64 bytes of base64; sign with: edgecls fleet deploy --key KEY")
+    try:
+        public_key.verify(raw, SIGNED_PREFIX + sha256.encode("ascii"))
+    except InvalidSignature:
+        raise SignatureError(f"the signature over model {sha256[:12]}… does not verify with the trusted key "
+                             f"{key_id(public_key)}: signed with another key, or tampered") from None
