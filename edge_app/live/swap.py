@@ -137,7 +137,8 @@ class ModelSwapper:
             try:
                 if why is not None:
                     self.attempt(why, force=True)
-                elif self.watch and self._settled():
+                elif self.watch and not self._install.locked() and self._settled():
+                    # (an install checks the file it wrote itself: one verdict, one event)
                     self.attempt("file replaced")
             except Exception as e:  # never let the watcher die: the next change is tried again
                 log.warning("model swap: %s", first_line(e))
