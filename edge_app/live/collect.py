@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import logging
 import queue
-import random
 import shutil
 import threading
 import time
@@ -88,7 +87,7 @@ class FrameCollector(Sink):
     """
 
     def __init__(self, config: CollectConfig, model_sha256: Callable[[], str] = lambda: "",
-                 on_event: Callable[..., None] | None = None, seed: int | None = None):
+                 on_event: Callable[..., None] | None = None):
         self.config = config
         self.inbox = config.folder / INBOX
         self.labelled = config.folder / LABELLED
@@ -102,7 +101,6 @@ class FrameCollector(Sink):
         self._paused_until = 0.0
         self._last = -1e9
         self._last_sample = time.monotonic()
-        self._random = random.Random(seed)
         self._waiting = len(list(self.inbox.glob("*.json")))
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._capture: _Capture | None = None

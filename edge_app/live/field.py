@@ -103,7 +103,7 @@ class FieldLearning:
     def image(self, frame_id: str) -> bytes:
         """The JPEG of an inbox frame."""
         try:
-            return self._inbox_path(frame_id, ".jpg").read_bytes()
+            return self._inbox_path(self._check_id(frame_id), ".jpg").read_bytes()
         except OSError as e:
             raise Refused(f"no collected frame {frame_id!r}", 404) from e
 
@@ -148,10 +148,8 @@ class FieldLearning:
         return frame_id
 
     def _inbox_path(self, frame_id: str, suffix: str) -> Path:
-        path = self.inbox / f"{self._check_id(frame_id)}{suffix}"
-        if path.parent != self.inbox:  # belt and braces: nothing outside DIR
-            raise Refused("bad frame id", 400)
-        return path
+        """``frame_id`` has passed :meth:`_check_id` (no separators, no leading dot): it names a file in the inbox."""
+        return self.inbox / f"{frame_id}{suffix}"
 
     # --- teach ----------------------------------------------------------------------------------------------------
     def teach(self, label: object, frames: object = 20, seconds: object = 4.0) -> dict:
@@ -168,7 +166,7 @@ class FieldLearning:
             raise Refused(str(e), 409) from e
 
     # --- apply and undo -------------------------------------------------------------------------------------------
-    def apply(self, wait: bool = False) -> dict:
+    def apply(self) -> dict:
         """Start learning from every labelled frame; the job's progress is :attr:`job`.
 
         Raises :class:`Refused` (409) when an apply or undo is running: one wins, the other is told.
@@ -183,8 +181,6 @@ class FieldLearning:
                     "started_at": time.strftime("%H:%M:%S"), "running_sha256": self.swapper.sha256}
         worker = threading.Thread(target=self._apply_job, name="edgecls-apply", daemon=True)
         worker.start()
-        if wait:
-            worker.join()
         return dict(self.job)
 
     def _apply_job(self) -> None:
