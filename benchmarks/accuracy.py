@@ -127,10 +127,6 @@ def evaluate(clf: ImageClassifier, data: str | Path, max_per_class: int | None =
 
 
 def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # the [edge] install has no tqdm; go on without a bar
-        return items
-    return tqdm(items, desc=desc, unit="img", leave=False, mininterval=1.0)
+    from edge_app.runtime.progress import progress
+
+    return progress(items, desc=desc, unit="img", leave=False, mininterval=1.0, disable=not enabled)

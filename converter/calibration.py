@@ -27,11 +27,11 @@ def float_spec(height: int, width: int, mean, std, channel_order: str = "RGB") -
 
 def load_pixels(items: Items, spec: InputSpec, desc: str = "images") -> np.ndarray:
     """Decode and pre-process ``items`` into one float32 batch ``(N, H, W, 3)``."""
-    from tqdm import tqdm
+    from edge_app.runtime.progress import progress
 
     batch = np.empty((len(items), spec.height, spec.width, spec.channels), np.float32)
     buffer = spec.new_buffer()
-    for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False, disable=len(items) < 50)):
+    for i, (path, _) in enumerate(progress(items, desc=desc, unit="img", leave=False, disable=len(items) < 50)):
         batch[i] = preprocess(read_image(path, spec.decode_size), spec, out=buffer)[0]
     return batch
 

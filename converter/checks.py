@@ -54,10 +54,10 @@ def reference_predictions(reference, images: list[np.ndarray], spec, chunk: int 
 
 def tflite_predictions(classifier: ImageClassifier, images: list[np.ndarray], desc: str) -> np.ndarray:
     """Top-1 of a converted model on ``images``, one invoke each, as the device runs it."""
-    from tqdm import tqdm
+    from edge_app.runtime.progress import progress
 
     out = np.empty(len(images), np.int64)
-    for i, image in enumerate(tqdm(images, desc=desc, unit="img", leave=False, disable=len(images) < 50)):
+    for i, image in enumerate(progress(images, desc=desc, unit="img", leave=False, disable=len(images) < 50)):
         classifier.set_input(image)
         classifier.invoke()
         out[i] = int(np.argmax(classifier.scores()))

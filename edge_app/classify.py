@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   edgecls classify model_edgetpu.tflite parrot.jpg --device edgetpu
   edgecls classify float_model.tflite cat.jpg --labels labels.txt --mean 127.5 --std 127.5
   edgecls classify model.tflite photos/ --top-k 5 --min-score 0.1      # hide unlikely classes
+  edgecls classify model.tflite dataset/ --recursive   # class folders: a sub-folder named like a class is the truth
 
 exit codes: 0 all classified, 1 some images failed (the rest were classified), 2 bad input."""
 
@@ -42,6 +43,7 @@ class ClassifyConfig:
     center_crop: float | None = None
     stages: bool = field(default=False)
     max_pixels: int | None = None
+    recursive: bool = False
 
     def __post_init__(self):
         if not self.images:
@@ -70,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_max_pixels(parser)
     parser.add_argument("--center-crop", type=float, help="crop this central fraction (at the model's aspect) first")
     parser.add_argument("--stages", action="store_true", help="also print the mean per-stage time split on stderr")
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="folders: also the images in their sub-folders; a sub-folder named like one of the "
+                             "model's classes is taken as the images' truth (shown, and the accuracy at the end)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -81,20 +86,30 @@ def main(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, json=args.json, device=args.device, num_threads=args.num_threads,
         mean=args.mean, std=args.std,
         center_crop=args.center_crop, stages=args.stages or args.verbose > 0, max_pixels=args.max_pixels,
+        recursive=args.recursive,
     ))
 
 
 def run(config: ClassifyConfig) -> int:
-    """Classify every image; returns 0, or 1 when some images failed, or 2 when all did."""
+    """Classify every image; returns 0, or 1 when some images failed, or 2 when all did.
+
+    With ``recursive``, an image in a folder named like one of the model's classes carries ``truth``.
+    """
     classifier = ImageClassifier(config.model, config.labels, config.device, config.num_threads,
                                  config.mean, config.std, config.center_crop)
     log.debug("model %s: input %s %s, %d classes", classifier.path, classifier.input_size,
               classifier.spec.dtype.__name__, classifier.num_classes)
-    paths = _expand(config.images)
-    failed, totals = 0, {"decode": 0.0, "preprocess": 0.0, "invoke": 0.0, "postprocess": 0.0}
+    paths = _expand(config.images, config.recursive)
+    known = set(classifier.labels)
+    failed, right, judged = 0, 0, 0
+    totals = {"decode": 0.0, "preprocess": 0.0, "invoke": 0.0, "postprocess": 0.0}
     for path in paths:
         try:
             result, timings = _classify_one(classifier, path, config)
+            if config.recursive and path.parent.name in known:
+                result["truth"] = path.parent.name
+                judged += 1
+                right += bool(result["top_k"]) and result["top_k"][0]["label"] == result["truth"]
         except ImageError as e:
             failed += 1
             if config.json:
@@ -105,6 +120,9 @@ def run(config: ClassifyConfig) -> int:
             totals[stage] += ms
         print(json.dumps(result) if config.json else _human(result), flush=True)
     done = len(paths) - failed
+    if judged:
+        log.info("%d of %d images are in a folder named like a class: top-1 right on %d (%.1f%%)", judged, done,
+                 right, 100 * right / judged)
     if config.stages and done:
         split = ", ".join(f"{k} {v / done:.2f} ms" for k, v in totals.items())
         log.info("mean per image over %d: %s (%s %s, %d threads)", done, split,
@@ -116,15 +134,20 @@ def run(config: ClassifyConfig) -> int:
     return 0
 
 
-def _expand(images: tuple[str, ...]) -> list[Path]:
+def _expand(images: tuple[str, ...], recursive: bool = False) -> list[Path]:
     paths: list[Path] = []
+    nested = 0
     for image in images:
-        found = list_images(image)
+        found = list_images(image, recursive)
         if Path(image).is_dir() and not found:
-            log.warning("%s holds no images (jpg, png, bmp, webp, tif)", image)
+            below = 0 if recursive else len(list_images(image, recursive=True))
+            nested += below
+            log.warning("%s holds no images (jpg, png, bmp, webp, tif)%s", image,
+                        f"; its sub-folders hold {below}: pass --recursive" if below else "")
         paths.extend(found)
     if not paths:
-        raise ImageError(f"no images found in {', '.join(images)}")
+        hint = f"; their sub-folders hold {nested} images: pass --recursive (-r)" if nested else ""
+        raise ImageError(f"no images found in {', '.join(images)}{hint}")
     return paths
 
 

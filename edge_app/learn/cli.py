@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and the fit")
     parser.add_argument("--compare", default=None, metavar="MODEL",
                         help="also check MODEL (e.g. the one the new model replaces) on the same validation photos")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (even the --base itself)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -65,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         data=Path(args.data), out=Path(args.out), base=Path(args.base) if args.base else None, head=args.head,
         val_split=args.val_split, seed=args.seed, num_threads=args.num_threads, device=args.device,
         embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std,
-        compare=Path(args.compare) if args.compare else None))
+        compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

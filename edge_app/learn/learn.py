@@ -26,13 +26,14 @@ import numpy as np
 from edge_app.learn import graph, heads, rewrite
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
-from edge_app.runtime.artifact import embed_metadata, read_artifact, read_member
+from edge_app.runtime.artifact import MAX_MEMBER_BYTES, embed_metadata, read_artifact, read_member
 from edge_app.runtime.dataset import scan
 from edge_app.runtime.errors import (
     ConfigError,
     DataError,
     LabelsError,
     ModelError,
+    OutputError,
     check_normalization,
     check_threads,
 )
@@ -46,6 +47,7 @@ DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
 STATE = "learn.npz"  # the archive member a learned model carries for extending it
 SAMPLES_PER_CLASS = 128
 MIN_VAL_CLASS = 5  # a class with fewer images gives none to the validation part
+IMBALANCE = 10  # most/least photos per class from which learn warns
 KEEP_MARGIN = 2.0  # --keep-classes: logits by which a new class beats the old ones on its own photos
 
 
@@ -86,6 +88,7 @@ class LearnConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     compare: Path | None = None
+    overwrite: bool = False
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
@@ -102,6 +105,13 @@ class LearnConfig:
         check_normalization(self.mean, self.std, ConfigError)
         if not self.data.is_dir():
             raise DataError(f"{self.data} is not a folder; give a folder of class sub-folders (DATA/<class>/*.jpg)")
+        if self.out.is_dir():
+            raise OutputError(f"--out {self.out} is a folder; give the .tflite file to write, e.g. {self.out / 'learned.tflite'}")
+        if self.out.exists() and not self.overwrite:
+            same = self.base is not None and self.base.exists() and self.out.resolve() == self.base.resolve()
+            raise OutputError(f"--out {self.out} exists{' and is the --base' if same else ''}; pass --overwrite to "
+                              f"replace it{' (the base is read first, then replaced atomically)' if same else ''}, "
+                              "or choose another file name")
         check_writable(self.out.parent, "--out", inside=True)
 
 
@@ -109,9 +119,9 @@ def learn(config: LearnConfig) -> dict:
     """Embed, fit, check and write; returns the report (also written beside the model)."""
     started = time.monotonic()
     base_path = config.base or DEFAULT_BASE
-    base = _read_base(base_path)
-    model = graph.read_model(base)
-    artifact = read_artifact(base_path)
+    artifact = read_artifact(base_path, keep_bytes=True, what="--base")
+    base = artifact.data
+    model = graph.read_model(base, f"--base {base_path}")
     state = _read_state(base, base_path)
     embedding = graph.find_embedding(model, config.embedding or (artifact.metadata.get("learn") or {}).get("embedding"))
     log.info("base %s: embedding %s %s (%s, %d values)%s", base_path.name, embedding.name, list(embedding.shape),
@@ -132,6 +142,13 @@ def learn(config: LearnConfig) -> dict:
     dataset = scan(root, val_split=0.0, test_split=0.0, seed=config.seed, min_classes=1 if old_labels else 2,
                    verify=False)
     labels = _merge_labels(old_labels, dataset.labels, root)
+    if old_head is not None and len(labels) == len(old_labels):
+        raise DataError(f"--keep-classes: every class of {root} ({', '.join(dataset.labels[:5])}"
+                        f"{', ...' if len(dataset.labels) > 5 else ''}) is already a class of {base_path.name}, and "
+                        "--keep-classes adds new classes while the old ones stay as they are, so these photos would "
+                        "change nothing. Add a folder of a new class, or learn without --keep-classes (a new head "
+                        "on DATA's classes only)")
+    _warn_imbalance(dataset, root)
     embedder = Embedder(rewrite.cut_at(model, embedding), artifact.metadata, config.device, config.num_threads,
                         config.mean, config.std, base_path.name)
     parts = _split(dataset, labels, config.data, config.val_split, config.seed)
@@ -215,22 +232,14 @@ def _check_other(model: Path, paths: list[Path], truth: np.ndarray, labels: list
     return result
 
 
-def _read_base(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as e:
-        raise ModelError(f"--base {path} does not exist; pass a .tflite image classifier, or leave --base out "
-                         "for the shipped ImageNet MobileNetV2") from e
-    except OSError as e:
-        raise ModelError(f"cannot read --base {path}: {e.strerror}") from e
-
-
 def _read_state(base: bytes, path: Path) -> dict | None:
-    blob = read_member(base, STATE)
-    if blob is None:
-        return None
     try:
+        blob = read_member(base, STATE)
+        if blob is None:
+            return None
         with np.load(io.BytesIO(blob)) as state:
+            if any(i.file_size > MAX_MEMBER_BYTES for i in state.zip.infolist()):
+                raise ValueError("an array would inflate past the member cap")
             return {k: state[k] for k in state.files} | {"labels": [str(v) for v in state["labels"]]}
     except (ValueError, KeyError, OSError) as e:
         raise ModelError(f"{path} carries a damaged {STATE}; learn from the photos again") from e
@@ -257,6 +266,16 @@ def _merge_labels(old: list[str], new: list[str], data: Path) -> list[str]:
                               f"{folded[label.casefold()]!r}; rename the folder to {folded[label.casefold()]!r} "
                               "to add examples to it, or give it a clearly different name")
     return old + [label for label in new if label not in old]
+
+
+def _warn_imbalance(dataset, root: Path) -> None:
+    """A head fitted on 500 photos of one class and 1 of another leans to the first: say so (train says it too)."""
+    counts = dataset.class_counts()["train"]
+    most, least = max(counts, key=counts.get), min(counts, key=counts.get)
+    if len(counts) > 1 and counts[most] >= IMBALANCE * max(counts[least], 1):
+        log.warning("classes are imbalanced: %s has %d photos, %s %d (%d:1); the head will lean towards %s. Add "
+                    "photos of %s, or use fewer of %s", root / most, counts[most], root / least, counts[least],
+                    counts[most] // max(counts[least], 1), most, least, most)
 
 
 def _split(dataset, labels: list[str], data: Path, val_split: float, seed: int) -> dict[str, tuple[list[Path], np.ndarray]]:

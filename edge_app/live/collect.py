@@ -39,6 +39,7 @@ log = logging.getLogger("edgecls")
 
 INBOX, LABELLED, MODELS = "inbox", "labelled", "models"
 DISK_RETRY_S = 60.0
+REVIEW, DISK = "review", "disk"  # why collection pauses: frames wait for review / the disk will not take more
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class FrameCollector(Sink):
         self.on_event = on_event
         self.collected = 0
         self.paused = ""  # why collection is paused, or ""
+        self._pause_kind = ""  # REVIEW, DISK or ""
         self._paused_until = 0.0
         self._last = -1e9
         self._last_sample = time.monotonic()
@@ -126,7 +128,7 @@ class FrameCollector(Sink):
         if self.paused and now < self._paused_until:
             return
         if self._waiting >= self.config.max_frames:
-            self._pause(f"{self._waiting} frames wait in {self.inbox}: review or discard some", retry_s=None)
+            self._pause(REVIEW, f"{self._waiting} frames wait in {self.inbox}: review or discard some", retry_s=None)
             return
         if self._offer(frame, result, why):
             self._last = now
@@ -173,14 +175,16 @@ class FrameCollector(Sink):
                 if capture is not None:
                     capture.failed = reason
                     capture.done.set()
-                self._pause(f"cannot write in {self.config.folder}: {reason}")
+                self._pause(DISK, f"cannot write in {self.config.folder}: {reason}")
 
     def _write(self, image, order: str, sidecar: dict, capture: _Capture | None) -> None:
         import cv2
 
         free_mb = shutil.disk_usage(self.config.folder).free / 1e6
-        if free_mb < self.config.min_free_mb:
-            raise OSError(errno.ENOSPC, f"{free_mb:.0f} MB free, less than {self.config.min_free_mb:.0f} MB")
+        # Paused for space, it resumes only with a fifth more than the floor: not a pause/resume pair per frame.
+        needed = self.config.min_free_mb * (1.2 if self._pause_kind == DISK else 1.0)
+        if free_mb < needed:
+            raise OSError(errno.ENOSPC, f"{free_mb:.0f} MB free, less than {needed:.0f} MB")
         ok, jpeg = cv2.imencode(".jpg", image if order == "BGR" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, 95])
         if not ok:
@@ -201,24 +205,26 @@ class FrameCollector(Sink):
             return
         self._waiting += 1
         self.collected += 1
-        if self.paused:
+        if self._pause_kind == DISK:  # the disk takes files again (a review pause ends only with reviews)
             self._resume()
         if self.on_event is not None and self.collected % 10 == 1:  # one event per ten frames, not a flood
             self.on_event("frames_collected", f"{self.collected} frames kept in {self.inbox}",
                           collected=self.collected, waiting=self._waiting)
 
-    def _pause(self, reason: str, retry_s: float | None = DISK_RETRY_S) -> None:
+    def _pause(self, kind: str, reason: str, retry_s: float | None = DISK_RETRY_S) -> None:
+        """Pause for ``kind`` (one event per pause, however often it is confirmed or its wording changes)."""
         self._paused_until = time.monotonic() + (retry_s if retry_s is not None else 0.0)
-        if self.paused == reason:
+        already, self.paused = self._pause_kind == kind, reason
+        if already:
             return
-        self.paused = reason
+        self._pause_kind = kind
         log.warning("field collection paused: %s", reason)
         if self.on_event is not None:
             self.on_event("collection_paused", reason, reason=reason)
 
     def _resume(self) -> None:
         log.info("field collection resumed")
-        self.paused = ""
+        self.paused, self._pause_kind = "", ""
         if self.on_event is not None:
             self.on_event("collection_resumed", str(self.inbox))
 
@@ -227,7 +233,7 @@ class FrameCollector(Sink):
         """``n`` inbox frames were labelled or discarded."""
         self._waiting = max(0, self._waiting - n)
         # Resumed only once a tenth of the room is free: not a paused/resumed pair per frame reviewed.
-        if self.paused.endswith("review or discard some") and self._waiting <= 0.9 * self.config.max_frames:
+        if self._pause_kind == REVIEW and self._waiting <= 0.9 * self.config.max_frames:
             self._resume()
 
     def capture(self, label: str, frames: int, seconds: float, timeout: float | None = None) -> dict:

@@ -77,6 +77,7 @@ class MqttLink(Sink):
         self._client = make_client(self.broker, f"edgecls-{device_id}", ca_file)
         self._client.on_connect, self._client.on_disconnect = self._on_connect, self._on_disconnect
         self._client.on_connect_fail, self._client.on_message = self._on_connect_fail, self._on_message
+        self._client.max_inbound_bytes = max_payload_bytes  # an oversize command is never held whole
         # Bounds paho's own queue too: a flush that hits it keeps the rest in our buffer.
         self._client.max_queued_messages_set(200)
         self._lock = threading.Lock()
@@ -331,7 +332,8 @@ class MqttLink(Sink):
             log.warning("mqtt: cannot reach the broker %s; classifying on, retrying with back-off", self.broker)
 
     def _on_message(self, client, userdata, message) -> None:
-        self._desk.submit(message.topic.rsplit("/", 1)[-1], message.payload)
+        # An oversize message arrives cut to its first kB (the broker client never held it whole): its real size.
+        self._desk.submit(message.topic.rsplit("/", 1)[-1], message.payload, getattr(client, "oversize", 0))
 
     def __repr__(self) -> str:
         return f"MqttLink({self.broker}, {self.device_id!r})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import http.client
 import json
 import logging
 import os
@@ -29,12 +30,14 @@ from pathlib import Path
 
 from edge_app.runtime.artifact import is_tflite
 from edge_app.runtime.errors import FleetError
-from edge_app.runtime.signing import verify_model
+from edge_app.runtime.signing import check_sha256, verify_signature
 
 log = logging.getLogger("edgecls")
 
 # installer(data, origin) -> (accepted, reason, sha256): writes, validates and swaps in the model, or rolls back.
 Installer = Callable[[bytes, str], tuple[bool, str, str]]
+READ_TIMEOUT_S = 15.0  # one socket read; the whole download has its own deadline
+CHUNK_BYTES = 256 * 1024
 MAX_RUNS = 1000
 DEFAULT_RUNS = 50
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
@@ -84,7 +87,8 @@ def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
         raise FleetError("the message needs an 'id': 1-100 letters, digits or _ . : -")
     for key in ("sha256", "signature"):
         if not isinstance(message.get(key), str):
-            raise FleetError(f"the message has no '{key}' string; sign it with: edgecls fleet {cmd} --key KEY")
+            raise FleetError(f"the message has no '{key}' string; sign it with: edgecls fleet "
+                             f"{'deploy' if cmd == 'model' else cmd} MODEL --to DEVICE --key KEY")
     model, url = message.get("model"), message.get("url")
     if (model is None) == (url is None):
         raise FleetError("the message needs exactly one of 'model' (base64 bytes) or 'url' (http or https)")
@@ -123,26 +127,38 @@ def _http_only_opener() -> urllib.request.OpenerDirector:
 
 
 def download(url: str, max_bytes: int, timeout_s: float) -> bytes:
-    """The body at an http(s) ``url``, at most ``max_bytes``; raises :class:`FleetError` on any failure."""
+    """The body at an http(s) ``url``: at most ``max_bytes``, all of it within ``timeout_s`` (not per read, so a
+    server trickling a byte a second cannot hold a deploy worker for ever). Raises :class:`FleetError`."""
+    deadline = time.monotonic() + timeout_s
+    chunks, size = [], 0
     try:
-        with _http_only_opener().open(url, timeout=timeout_s) as response:
+        with _http_only_opener().open(url, timeout=min(timeout_s, READ_TIMEOUT_S)) as response:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 raise FleetError(f"{url} is {int(length) / 1e6:.1f} MB, over the cap of {max_bytes / 1e6:.0f} MB")
-            data = response.read(max_bytes + 1)
+            while chunk := response.read(min(CHUNK_BYTES, max_bytes + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FleetError(f"{url} is over the cap of {max_bytes / 1e6:.0f} MB")
+                if time.monotonic() > deadline:
+                    raise FleetError(f"downloading {url} took longer than {timeout_s:.0f} s ({size / 1e6:.1f} MB "
+                                     "so far); serve it from a faster or nearer server")
     except FleetError:
         raise
     except urllib.error.HTTPError as e:
         raise FleetError(f"downloading {url} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         raise FleetError(f"downloading {url} failed: {getattr(e, 'reason', None) or e}") from None
-    if len(data) > max_bytes:
-        raise FleetError(f"{url} is over the cap of {max_bytes / 1e6:.0f} MB")
-    return data
+    return b"".join(chunks)
 
 
 def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> bytes:
-    """The command's model bytes, checked: a TFLite model, with the signed sha256, signed by ``trust``.
+    """The command's model bytes, checked: signed by ``trust`` (checked first), with the signed sha256, a TFLite model.
+
+    The signature covers the claimed sha256, so it is verified before anything the message names is
+    touched: an unsigned or wrongly signed message makes the device request no URL, decode nothing and
+    hash nothing.
 
     Raises:
         FleetError: no trusted key on this device, undecodable or oversize bytes, a failed download, or
@@ -150,6 +166,7 @@ def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> by
     """
     if trust is None:
         raise FleetError("remote deploys are refused: this device runs without --trust KEY.pub")
+    verify_signature(trust, command.sha256, command.signature)
     if command.model_b64 is not None:
         if len(command.model_b64) > (max_bytes * 4) // 3 + 4:
             raise FleetError(f"the model is over this device's cap of {max_bytes / 1e6:.0f} MB")
@@ -159,7 +176,7 @@ def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> by
             raise FleetError(f"'model' is not valid base64 ({e})") from None
     else:
         data = download(command.url, max_bytes, timeout_s)
-    verify_model(trust, data, command.sha256, command.signature)
+    check_sha256(data, command.sha256)
     # Checked after the signature: a signed file that is not a model is still not installed.
     if not is_tflite(data):
         raise FleetError("the signed file is not a TFLite model (no 'TFL3' identifier)")
@@ -247,11 +264,15 @@ class CommandDesk:
         if self._worker.is_alive():
             self._worker.join(timeout=2)
 
-    def submit(self, cmd: str, payload: bytes) -> None:
-        """Queue a command (called on paho's network thread: no parsing, no waiting, never raises)."""
+    def submit(self, cmd: str, payload: bytes, size: int = 0) -> None:
+        """Queue a command (called on paho's network thread: no parsing, no waiting, never raises).
+
+        ``size``: the message's real size when the client kept only its first kB (over the cap).
+        """
         try:
-            if len(payload) > self.max_payload_bytes:
-                raise FleetError(f"the message is {len(payload) / 1e6:.1f} MB, over this device's cap of "
+            size = max(size, len(payload))
+            if size > self.max_payload_bytes:
+                raise FleetError(f"the message is {size / 1e6:.1f} MB, over this device's cap of "
                                  f"{self.max_payload_bytes / 1e6:.0f} MB; send a URL instead of the model bytes")
             if cmd == "bench":
                 if self._bench_thread is not None and self._bench_thread.is_alive():

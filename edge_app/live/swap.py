@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_app.runtime.artifact import read_artifact
 from edge_app.runtime.errors import EdgeclsError, first_line
 from edge_app.runtime.files import write_bytes
 
@@ -61,7 +62,8 @@ class ModelSwapper:
 
     Args:
         clf: the running :class:`~edge_app.runtime.ImageClassifier` (made with ``in_memory=True``).
-        load: makes a classifier from a path, with the run's device, threads and labels.
+        load: makes a classifier from a :class:`~edge_app.runtime.ModelArtifact` (read with its bytes) or a path,
+            with the run's device, threads and labels.
         watch: poll the model file for replacements.
         on_event: ``on_event(name, detail, **fields)`` for ``model_rejected`` (the loop reports swaps).
 
@@ -93,6 +95,7 @@ class ModelSwapper:
         self._seen = _signature(self.path)  # the file as it was when the running model was read
         self._changing: tuple | None = None  # the file's signature since it was seen changing, and when
         self._changed_at = 0.0
+        self._last_rejection: tuple | None = None  # (file signature, sha256, reason): told once
         self._thread: threading.Thread | None = None
 
     @property
@@ -156,28 +159,38 @@ class ModelSwapper:
     def attempt(self, why: str, force: bool = False, timeout: float = 30.0) -> Outcome:
         """Load the model file, validate it, hand it to the loop and wait until it is running.
 
-        ``force``: swap even when the bytes are those running (SIGHUP re-reads the labels too).
+        The same bytes as the running model are never swapped again (a SIGHUP storm, a file touched or
+        copied over with itself); ``force`` (SIGHUP) still takes them when their labels changed (a new
+        ``labels.txt`` beside a model that carries none).
         """
         with self._attempt:
             before = _signature(self.path)
             try:
-                candidate = self.load(self.path)
+                # Checked before it is read: a FIFO, /dev/zero or a 1 GB file is refused, never read whole.
+                artifact = read_artifact(self.path, keep_bytes=True)
             except EdgeclsError as e:
-                if _signature(self.path) != before:
-                    return Outcome(False, "the file changed while it was read; trying again when it settles")
-                self._seen = before
-                return self._reject(first_line(e))
+                return self._refused(before, first_line(e))
             after = _signature(self.path)
             if after != before:  # written while we read it: wait for it to settle, never load half a file
                 return Outcome(False, "the file changed while it was read; trying again when it settles")
             self._seen = after
-            sha = candidate.artifact.sha256
-            if sha == self.sha256 and not force:
-                log.debug("model file %s rewritten with the same bytes", self.path)
+            sha = artifact.sha256
+            if sha == self.sha256 and (artifact.labels is not None or not force):
+                log.debug("model file %s holds the running model's bytes: nothing to swap", self.path)
+                return Outcome(True, "unchanged", sha)
+            try:
+                candidate = self.load(artifact)
+            except EdgeclsError as e:
+                return self._reject(first_line(e), sha, after)
+            except MemoryError:
+                return self._reject(f"there is not enough memory to load it ({len(artifact.data) / 1e6:.1f} MB)",
+                                    sha, after)
+            if sha == self.sha256 and candidate.labels == self.clf.labels:
+                log.debug("model file %s: same bytes and labels as running: nothing to swap", self.path)
                 return Outcome(True, "unchanged", sha)
             problem = self._validate(candidate)
             if problem:
-                return self._reject(problem, sha)
+                return self._reject(problem, sha, after)
             log.info("model %s (%s, %s) is valid; swapping it in (%s)", self.path.name, sha[:12],
                      f"{candidate.num_classes} classes", why)
             with self._taken:
@@ -186,6 +199,13 @@ class ModelSwapper:
                     self._pending = None
                     return Outcome(False, "the run did not take the new model (is it stopping?)", sha)
             return Outcome(self.clf is candidate, "swapped" if self.clf is candidate else "the run ended", sha)
+
+    def _refused(self, before: tuple | None, reason: str) -> Outcome:
+        """A file that could not be read as a model: rejected, unless it was being replaced meanwhile."""
+        if _signature(self.path) != before:
+            return Outcome(False, "the file changed while it was read; trying again when it settles")
+        self._seen = before
+        return self._reject(reason, None, before)
 
     def _validate(self, candidate) -> str | None:
         if candidate.labels_source == "indices" and self.clf.labels_source != "indices":
@@ -205,7 +225,14 @@ class ModelSwapper:
             return "it gives non-finite scores (NaN or infinity) on the latest frame"
         return None
 
-    def _reject(self, reason: str, sha: str | None = None) -> Outcome:
+    def _reject(self, reason: str, sha: str | None = None, signature: tuple | None = None) -> Outcome:
+        """One warning and one ``model_rejected`` event per distinct file and reason: a bad file that stays
+        bad (SIGHUP again and again, a watcher that sees it once more) is told once."""
+        key = (signature, sha, reason)
+        if signature is not None and key == self._last_rejection:
+            log.debug("model %s still rejected: %s", self.path, reason)
+            return Outcome(False, reason, sha)
+        self._last_rejection = key
         log.warning("model %s rejected, the running model (%s) stays: %s", self.path, self.sha256[:12], reason)
         if self.on_event is not None:
             self.on_event("model_rejected", reason, reason=reason, model=str(self.path), sha256=sha,

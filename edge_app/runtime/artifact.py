@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,11 @@ METADATA_NAME = "edgecls.json"
 LABELS_NAME = "labels.txt"
 TFLITE_IDENTIFIER = b"TFL3"
 EDGETPU_OP = b"edgetpu-custom-op"
+# The largest model file read. Edge classifiers are 1-30 MB (MobileNetV2 fp32: 14 MB, EfficientNet-B0: 21 MB);
+# a file far past that is a mistake or an attack, and reading it whole would take the device's memory with it.
+MAX_MODEL_MB_ENV = "EDGECLS_MAX_MODEL_MB"
+DEFAULT_MAX_MODEL_MB = 256
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # labels, metadata, a learned model's examples: never near this
 
 
 @dataclass(frozen=True)
@@ -49,20 +56,82 @@ def is_tflite(data: bytes) -> bool:
     return len(data) >= 8 and data[4:8] == TFLITE_IDENTIFIER
 
 
-def read_artifact(model: str | Path, keep_bytes: bool = False) -> ModelArtifact:
-    """Read ``model``, check it is a TFLite flatbuffer, and collect its embedded metadata (and its bytes)."""
+def max_model_bytes() -> int:
+    """The size cap for a model file: ``EDGECLS_MAX_MODEL_MB`` (default 256 MB), and at most half the memory
+    available now, where the system says (an interpreter needs room beside the bytes)."""
+    try:
+        cap = int(float(os.environ.get(MAX_MODEL_MB_ENV) or DEFAULT_MAX_MODEL_MB) * 1e6)
+    except ValueError:
+        raise ModelError(f"{MAX_MODEL_MB_ENV}={os.environ[MAX_MODEL_MB_ENV]!r} is not a number of megabytes; "
+                         f"unset it or give e.g. {DEFAULT_MAX_MODEL_MB}") from None
+    available = _available_memory()
+    return min(cap, available // 2) if available else cap
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def read_model_bytes(model: str | os.PathLike, what: str = "model") -> bytes:
+    """The bytes of a model file, checked before they are read: a regular file, under the size cap, a flatbuffer.
+
+    A path from outside may name a FIFO (an ``open`` that blocks for ever), a device (``/dev/zero``: endless
+    bytes), a folder, or a sparse 1 GB file: each is refused with one line before more than 8 bytes are read.
+    The open never blocks, and a file that grows while it is read is refused too.
+
+    Raises:
+        ModelError: naming the file (as ``what``, e.g. ``--base notes.txt``), what it is and what to do.
+
+    Example:
+        >>> data = read_model_bytes("model_int8.tflite")
+    """
     path = Path(model)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as e:
-        raise ModelError(f"model {path} does not exist; pass a .tflite file or a run directory") from e
+        raise ModelError(f"{what} {path} does not exist; pass a .tflite file or a run directory") from e
     except OSError as e:
-        raise ModelError(f"cannot read model {path}: {e.strerror}") from e
-    if not is_tflite(data):
-        hint = "convert it first: edgecls convert MODEL" if path.suffix in (".keras", ".h5", ".pb") else \
-            "pass a .tflite model file"
-        raise ModelError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); {hint}")
-    metadata, labels = _read_embedded(data)
+        raise ModelError(f"cannot read {what} {path}: {e.strerror}") from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+            "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else \
+            "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file"
+        raise ModelError(f"{what} {path} is {kind}, not a model file; put a .tflite file there")
+    with os.fdopen(fd, "rb") as f:
+        cap = max_model_bytes()
+        if info.st_size > cap:
+            raise ModelError(f"{what} {path} is {info.st_size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB a model may "
+                             f"be here; is it the right file? (a larger model: set {MAX_MODEL_MB_ENV})")
+        head = f.read(8)
+        if not is_tflite(head):
+            hint = "convert it first: edgecls convert MODEL" if path.suffix in (".keras", ".h5", ".pb") else \
+                "pass a .tflite model file"
+            raise ModelError(f"{what} {path} is not a TFLite model (no 'TFL3' flatbuffer identifier); {hint}")
+        data = head + f.read(info.st_size - len(head) + 1)  # one byte more: a file still growing is caught
+    if len(data) != info.st_size:
+        raise ModelError(f"{what} {path} changed size while it was read ({info.st_size} bytes, then "
+                         f"{len(data)}{'+' if len(data) > info.st_size else ''}); is it still being copied? "
+                         "Try again when the copy has finished")
+    return data
+
+
+def read_artifact(model: str | Path, keep_bytes: bool = False, what: str = "model") -> ModelArtifact:
+    """Read ``model`` (see :func:`read_model_bytes`) and collect its embedded metadata (and, asked, its bytes)."""
+    path = Path(model)
+    data = read_model_bytes(path, what)
+    try:
+        metadata, labels = _read_embedded(data)
+    except (ValueError, KeyError, UnicodeDecodeError, zipfile.LargeZipFile, NotImplementedError) as e:
+        raise ModelError(f"{what} {path} carries damaged edgecls metadata ({e}); convert or learn it again") from e
     return ModelArtifact(path=path, metadata=metadata, labels=labels, edgetpu=EDGETPU_OP in data,
                          data=data if keep_bytes else None)
 
@@ -74,11 +143,21 @@ def _read_embedded(data: bytes) -> tuple[dict, list[str] | None]:
         return {}, None
     with archive:
         names = archive.namelist()
-        metadata = json.loads(archive.read(METADATA_NAME)) if METADATA_NAME in names else {}
+        metadata = json.loads(_member(archive, METADATA_NAME)) if METADATA_NAME in names else {}
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{METADATA_NAME} is not a JSON object")
         label_names = [metadata["labels_file"]] if metadata.get("labels_file") in names else \
             [n for n in names if n.endswith(".txt")]
-        labels = parse_labels(archive.read(label_names[0]).decode("utf-8-sig")) if label_names else None
+        labels = parse_labels(_member(archive, label_names[0]).decode("utf-8-sig")) if label_names else None
     return metadata, labels or None
+
+
+def _member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """One member, refused when it would inflate past ``MAX_MEMBER_BYTES`` (a zip bomb riding on a model)."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_MEMBER_BYTES:
+        raise ValueError(f"its member {name!r} would be {size / 1e6:.0f} MB, over {MAX_MEMBER_BYTES / 1e6:.0f} MB")
+    return archive.read(name)
 
 
 def flatbuffer_part(model: bytes) -> bytes:
@@ -95,7 +174,7 @@ def read_member(model: bytes, name: str) -> bytes | None:
     """One file of the archive appended to ``model`` (e.g. a learned model's ``learn.npz``), or ``None``."""
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as archive:
-            return archive.read(name) if name in archive.namelist() else None
+            return _member(archive, name) if name in archive.namelist() else None
     except zipfile.BadZipFile:
         return None
 

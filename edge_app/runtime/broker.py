@@ -14,6 +14,7 @@ Topics, for a device ``ID``::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
@@ -26,8 +27,14 @@ from edge_app.runtime.errors import FleetError
 ROOT = "edgecls"
 KINDS = ("status", "result", "event", "ack", "cmd/model", "cmd/bench")
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-# A model travels base64 inside JSON (4/3 of its size); 64 MB of message is a 48 MB model.
-MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+# A model travels base64 inside JSON (4/3 of its size): 32 MB of message is a 24 MB model, more than an edge
+# classifier needs (MobileNetV2 fp32: 14 MB); a larger one goes by URL. Handling a message costs ~4x its size in
+# memory (paho's buffer, the payload, the JSON string, the decoded model): 32 MB stays far inside the 500 MB
+# the service unit allows.
+MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+# paho reads a whole packet into memory before it hands it over; past the cap a client keeps only this much of it.
+_KEPT_OF_OVERSIZE = 4096
+_OVERSIZE_READ = 64 * 1024
 # EDGECLS_MQTT_PASSWORD keeps a password out of shell history and `ps` when the URL names only the user.
 PASSWORD_ENV = "EDGECLS_MQTT_PASSWORD"
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -110,6 +117,35 @@ def require_paho():
     return mqtt
 
 
+@functools.cache
+def _capped_client(mqtt):
+    """paho's ``Client`` with a cap on what one inbound message may hold in memory.
+
+    paho buffers a whole packet before ``on_message`` (70 MB sent to a device took 451 MB), and MQTT 3.1.1
+    has no way to ask the broker for less. Past ``max_inbound_bytes`` this client keeps only the packet's
+    first few kB (topic and request id) and reads the rest in small pieces that it drops, so the message
+    still arrives (truncated) and the device can answer it; ``client.oversize`` is then its real size.
+    (The broker's own ``max_packet_size`` stops such messages earlier: see the README's broker set-up.)
+    It reads paho 2's ``_in_packet``: pyproject pins paho-mqtt below 3, and tests/fleet measure the cap.
+    """
+
+    class CappedClient(mqtt.Client):
+        max_inbound_bytes = MAX_PAYLOAD_BYTES  # a device sets its own cap
+        oversize = 0  # the real size of the message being delivered, when it was over the cap; else 0
+
+        def _sock_recv(self, bufsize: int) -> bytes:
+            packet = self._in_packet
+            if not packet["have_remaining"]:
+                self.oversize = 0
+            elif packet["remaining_length"] > self.max_inbound_bytes + _KEPT_OF_OVERSIZE:
+                self.oversize = packet["remaining_length"]
+                del packet["packet"][_KEPT_OF_OVERSIZE:]
+                bufsize = min(bufsize, _OVERSIZE_READ)
+            return super()._sock_recv(bufsize)
+
+    return CappedClient
+
+
 def make_client(broker: BrokerUrl, client_id: str | None = None, ca_file: str | os.PathLike | None = None,
                 flag: str = "--mqtt"):
     """A paho client (MQTT 3.1.1, callback API 2) with the URL's credentials and, for ``mqtts``, TLS.
@@ -128,8 +164,8 @@ def make_client(broker: BrokerUrl, client_id: str | None = None, ca_file: str | 
                          "broker's certificate")
     if ca_file is not None and not broker.tls:
         raise FleetError(f"a CA file was given but {flag} {broker} is plain mqtt://; use mqtts:// for TLS")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}",
-                         protocol=mqtt.MQTTv311)
+    client = _capped_client(mqtt)(CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"edgecls-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv311)
     if broker.username:
         client.username_pw_set(broker.username, broker.password if broker.password is not None
                                else os.environ.get(PASSWORD_ENV))

@@ -32,6 +32,8 @@ class ImageClassifier:
         'macaw'
 
     Args:
+        model: a ``.tflite`` file, a run directory, or a :class:`ModelArtifact` already read (with its bytes:
+            it then runs from them).
         in_memory: run the model from its bytes read once (``artifact.data``), not from the file: a
             long-running app whose model file may be rewritten in place (the live swap) needs it.
         embedded_labels_first: labels embedded in the model win over ``labels`` (a model swapped in
@@ -41,11 +43,14 @@ class ImageClassifier:
         labels_source: where the labels came from (a file path, ``embedded``, or ``indices``).
     """
 
-    def __init__(self, model: str | Path, labels: str | Path | None = None, device: str = "cpu",
+    def __init__(self, model: str | Path | ModelArtifact, labels: str | Path | None = None, device: str = "cpu",
                  num_threads: int | None = None, mean=None, std=None, center_crop: float | None = None,
                  in_memory: bool = False, embedded_labels_first: bool = False):
-        self.path = resolve_model(model, device)
-        self.artifact: ModelArtifact = read_artifact(self.path, keep_bytes=in_memory)
+        if isinstance(model, ModelArtifact):  # already read and checked (the live swap reads once, then decides)
+            self.path, self.artifact = model.path, model
+        else:
+            self.path = resolve_model(model, device)
+            self.artifact = read_artifact(self.path, keep_bytes=in_memory)
         self.device = device
         self.num_threads = num_threads or default_num_threads()
         self.interpreter = make_interpreter(self.artifact, device, self.num_threads)

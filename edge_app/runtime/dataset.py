@@ -64,7 +64,14 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    hidden = [p.name for p in folders if p.name.startswith((".", "_"))]
+    if hidden:
+        log.warning("%s: not reading %s as class%s (a name starting with '.' or '_' is skipped); rename %s to "
+                    "make %s a class", root, ", ".join(hidden[:5]) + (", ..." if len(hidden) > 5 else ""),
+                    "es" if len(hidden) > 1 else "", "them" if len(hidden) > 1 else "it",
+                    "them" if len(hidden) > 1 else "it")
+    return [p for p in folders if p.name not in hidden]
 
 
 def _scan_classes(root: Path, labels: Sequence[str] | None = None, error=DataError) -> dict[str, list[Path]]:

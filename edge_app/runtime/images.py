@@ -142,9 +142,12 @@ def read_image(path: str | os.PathLike, min_size: tuple[int, int] | None = None,
     return image
 
 
-def list_images(path: str | os.PathLike) -> list[Path]:
-    """Image files in a folder (sorted), or the path itself for a file."""
+def list_images(path: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in a folder (sorted; with ``recursive``, in its sub-folders too, hidden ones left out), or the
+    path itself for a file."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = path.rglob("*") if recursive else path.iterdir()
+        return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(path).parts))
     return [path]

@@ -1,17 +1,59 @@
-"""Progress bars for long work: tqdm where it is installed, a silent pass-through where it is not."""
+"""Progress for long work: a tqdm bar on a terminal; a few plain lines where stderr is a file or a pipe.
+
+A bar redrawn with ``\\r`` is a terminal's thing: in a CI log, ``make demo | tee`` or the journal it
+turns into hundreds of updates glued on one line. There, a line at each quarter says the same.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+
+log = logging.getLogger("edgecls")
+
+PLAIN_STEPS = 4  # plain lines per loop: at 25, 50, 75 and 100%
+PLAIN_MIN_S = 5.0  # loops shorter than this print nothing in plain mode
+
 
 def progress(iterable, **options):
-    """``tqdm(iterable, **options)``; on a device without tqdm, ``iterable`` itself.
+    """``tqdm(iterable, **options)`` on a terminal; plain log lines elsewhere (or without tqdm, on a device).
+
+    Options are tqdm's; plain mode reads ``desc``, ``total``, ``unit`` and ``disable``.
 
     Example:
         >>> for path in progress(paths, desc="embedding", unit="img", total=len(paths)):
         ...     ...
     """
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    if options.get("disable"):
         return iterable
-    return tqdm(iterable, **options)
+    if _terminal():
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(iterable, **options)
+    return _plain(iterable, options.get("desc") or "working", options.get("total"), options.get("unit", "it"))
+
+
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _plain(iterable, desc: str, total: int | None, unit: str):
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    started = time.monotonic()
+    step = max(1, -(-total // PLAIN_STEPS)) if total else 0
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        if step and (done % step == 0 or done == total) and time.monotonic() - started >= PLAIN_MIN_S:
+            elapsed = time.monotonic() - started
+            log.info("%s: %d/%d %s (%.0f%%, %.0f s, %.1f %s/s)", desc, done, total, unit, 100 * done / total,
+                     elapsed, done / elapsed if elapsed else 0.0, unit)

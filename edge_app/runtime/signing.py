@@ -153,22 +153,21 @@ def sign_model(key, data: bytes) -> dict:
     return {"sha256": digest, "signature": base64.b64encode(signature).decode("ascii")}
 
 
-def verify_model(public_key, data: bytes, sha256: str, signature: str) -> None:
-    """Check that ``data`` has the claimed ``sha256`` and that ``signature`` over it verifies with ``public_key``.
+def verify_signature(public_key, sha256: str, signature: str) -> None:
+    """Check that ``signature`` over the claimed ``sha256`` verifies with ``public_key``, before any byte is touched.
+
+    A deploy names its model by sha256 and signs that: the claim is checked first, so an unsigned message
+    makes the device fetch, decode or hash nothing (no request to a URL it names, no hash in an answer).
 
     Raises:
-        SignatureError: naming what did not match; the caller must not install ``data``.
+        SignatureError: a malformed sha256 or signature, or one that does not verify.
 
     Example:
-        >>> verify_model(load_public_key("fleet.key.pub"), data, msg["sha256"], msg["signature"])
+        >>> verify_signature(load_public_key("fleet.key.pub"), msg["sha256"], msg["signature"])
     """
     _, _, InvalidSignature = _crypto()
     if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
         raise SignatureError(f"sha256 must be 64 lowercase hex digits, got {str(sha256)[:80]!r}")
-    actual = sha256_hex(data)
-    if actual != sha256:
-        raise SignatureError(f"the model bytes have sha256 {actual[:12]}…, not the signed {sha256[:12]}…: "
-                             "corrupted or tampered in transit")
     try:
         raw = base64.b64decode(signature, validate=True) if isinstance(signature, str) else b""
     except (binascii.Error, ValueError):
@@ -180,3 +179,23 @@ def verify_model(public_key, data: bytes, sha256: str, signature: str) -> None:
     except InvalidSignature:
         raise SignatureError(f"the signature over model {sha256[:12]}… does not verify with the trusted key "
                              f"{key_id(public_key)}: signed with another key, or tampered") from None
+
+
+def check_sha256(data: bytes, sha256: str) -> None:
+    """Check that ``data`` is the model whose (already verified) ``sha256`` was signed."""
+    if sha256_hex(data) != sha256:
+        raise SignatureError(f"the model bytes are not the signed model {sha256[:12]}…: corrupted or tampered in "
+                             "transit, or the URL serves another file")
+
+
+def verify_model(public_key, data: bytes, sha256: str, signature: str) -> None:
+    """Check ``signature`` over ``sha256`` (:func:`verify_signature`), then that ``data`` has that sha256.
+
+    Raises:
+        SignatureError: naming what did not match; the caller must not install ``data``.
+
+    Example:
+        >>> verify_model(load_public_key("fleet.key.pub"), data, msg["sha256"], msg["signature"])
+    """
+    verify_signature(public_key, sha256, signature)
+    check_sha256(data, sha256)

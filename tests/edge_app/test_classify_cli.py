@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, MODELS, REPO, run_cli
@@ -143,3 +144,18 @@ def test_unknown_forced_runtime_is_a_clear_error(shared):
     result = run_cli("classify", IMAGENET_MODEL, PARROT, env={"EDGECLS_RUNTIME": "onnx"})
     assert result.returncode == 2
     assert "unknown runtime 'onnx'" in result.stderr
+
+
+def test_a_folder_of_class_folders_is_read_with_recursive_and_the_folder_names_are_the_truth(tmp_path):
+    data = tmp_path / "data"
+    for label, photo in (("macaw", "parrot.jpg"), ("military uniform", "grace_hopper.bmp"), ("not-a-class", "bird.bmp")):
+        (data / label).mkdir(parents=True)
+        (data / label / photo).symlink_to(IMAGES / photo)
+    proc = run_cli("classify", IMAGENET_MODEL, data)
+    assert proc.returncode == 2 and "sub-folders hold 3 images: pass --recursive" in proc.stderr.splitlines()[-1]
+    proc = run_cli("classify", IMAGENET_MODEL, data, "--recursive", "--json", "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr
+    results = {Path(r["image"]).parent.name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(results) == {"macaw", "military uniform", "not-a-class"}
+    assert results["macaw"]["truth"] == "macaw" and "truth" not in results["not-a-class"]
+    assert "2 of 3 images are in a folder named like a class: top-1 right on 2 (100.0%)" in proc.stderr

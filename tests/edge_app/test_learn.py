@@ -178,3 +178,42 @@ def test_float_and_int8_bases(tmp_path):
         assert json.loads(proc.stdout)["top_k"][0]["label"] in CLASSES
     proc = run_cli("learn", data, "--base", tmp_path / "float.tflite", "--out", tmp_path / "raw.tflite")
     assert proc.returncode == 0 and "carries no input normalization" in proc.stderr  # warned, as classify warns
+
+
+def test_careless_learn_input_is_refused_or_warned_in_one_line(tmp_path, learned):
+    """Issue 21's learn cases: nothing new to keep, an existing --out, an unnamed bad --base, silent skips."""
+    base = tmp_path / "base.tflite"
+    base.write_bytes(learned[0].read_bytes())  # a copy: the shared fixture stays as it is
+    data = _subset(tmp_path / "data", classes=("Potato___healthy",), per_class=3)
+    imagenet_named = tmp_path / "imagenet"
+    (imagenet_named / "macaw").mkdir(parents=True)
+    (imagenet_named / "macaw" / "p.jpg").symlink_to(IMAGES / "parrot.jpg")
+    proc = run_cli("learn", imagenet_named, "--base", CORAL, "--keep-classes", "--out", tmp_path / "k.tflite")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is already a class of" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+    before = base.read_bytes()
+    proc = run_cli("learn", data, "--base", base, "--out", base)
+    assert proc.returncode == 2 and "exists and is the --base; pass --overwrite" in proc.stderr
+    assert base.read_bytes() == before
+    taken = tmp_path / "taken.tflite"
+    taken.write_bytes(b"someone's file")
+    proc = run_cli("learn", data, "--out", taken)
+    assert proc.returncode == 2 and "--out" in proc.stderr and "--overwrite" in proc.stderr
+    assert taken.read_bytes() == b"someone's file"
+    proc = run_cli("learn", data, "--base", base, "--out", base, "--overwrite", "--head", "imprint")
+    assert proc.returncode == 0, proc.stderr
+    assert "Potato___healthy" in read_artifact(base).labels and base.read_bytes() != before
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n")
+    proc = run_cli("learn", data, "--base", notes, "--out", tmp_path / "n.tflite")
+    assert proc.returncode == 2 and f"--base {notes} is not a TFLite model" in proc.stderr
+
+    lopsided = _subset(tmp_path / "lopsided", classes=("Potato___healthy",), per_class=40)
+    _subset(lopsided, classes=("Potato___Late_blight",), per_class=2)
+    (lopsided / ".x").mkdir()
+    (lopsided / ".x" / "a.jpg").symlink_to(IMAGES / "parrot.jpg")
+    proc = run_cli("learn", lopsided, "--out", tmp_path / "l.tflite", "--head", "imprint")
+    assert proc.returncode == 0, proc.stderr
+    assert "not reading .x as class" in proc.stderr and "imbalanced" in proc.stderr and "(20:1)" in proc.stderr

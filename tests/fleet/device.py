@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge_app.live.mqtt import MqttLink
 from edge_app.live.sinks.base import Result
+from edge_app.runtime.broker import MAX_PAYLOAD_BYTES
 
 
 def main() -> int:
@@ -29,7 +30,8 @@ def main() -> int:
         return True, f"installed from {origin}", sha
 
     link = MqttLink(config["url"], config["device_id"], trust=config.get("trust"), installer=installer,
-                    status_every_s=config.get("status_every_s", 0.5))
+                    status_every_s=config.get("status_every_s", 0.5),
+                    max_payload_bytes=config.get("max_payload_bytes", MAX_PAYLOAD_BYTES))
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     link.start({"model": "tests/leaf.tflite", "model_sha256": "ab" * 32, "labels": ["healthy", "sick"],
