@@ -102,6 +102,7 @@ def measure_latency(model: str | Path, threads: int, runs: int = 100, warmup: in
     first_ms, samples = time_invokes(clf, runs, warmup, duration)
     peak = peak_rss_mb()
     stats = latency_stats(samples)
+    novelty = _novelty_cost(clf, stats["p50"])
     row = {
         "model": str(clf.path),
         "name": display_name(clf.path),
@@ -123,9 +124,25 @@ def measure_latency(model: str | Path, threads: int, runs: int = 100, warmup: in
         "baseline_rss_mb": baseline_rss,
         "model_rss_mb": None if baseline_rss is None else peak - baseline_rss,
         "accuracy": None,
+        "novelty_ms": novelty,
         "samples_ms": [round(s, 4) for s in samples],
     }
     return row, clf
+
+
+def _novelty_cost(clf: ImageClassifier, invoke_p50_ms: float, runs: int = 200) -> dict | None:
+    """What 'unknown' adds per frame: reading the embedding output and scoring it (p50), and its share of the
+    p50 invoke; ``None`` for a model without a reference set."""
+    if clf.reference is None:
+        return None
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        clf.novelty()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    p50 = float(np.median(samples))
+    return {"p50": round(p50, 4), "share_of_p50": round(p50 / invoke_p50_ms, 4) if invoke_p50_ms else None,
+            "references": len(clf.reference.labels)}
 
 
 def display_name(path: str | Path) -> str:

@@ -28,6 +28,8 @@ COLUMNS = (
     ("p99_ms", lambda r: r["latency_ms"]["p99"]),
     ("fps", lambda r: r["fps"]),
     ("peak_rss_mb", lambda r: r["peak_rss_mb"]),
+    # 'unknown': the k-NN novelty per frame, as a share of the p50 invoke (models with a reference set).
+    ("novelty_pct", lambda r: None if not r.get("novelty_ms") else 100 * r["novelty_ms"]["share_of_p50"]),
     ("top1", lambda r: (r.get("accuracy") or {}).get("top1")),
     ("top5", lambda r: (r.get("accuracy") or {}).get("top5")),
     ("n", lambda r: (r.get("accuracy") or {}).get("n")),

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from edge_app.runtime.flags import add_normalization, add_threads
+from edge_app.runtime.flags import add_normalization, add_threads, add_unknown, add_unknown_calibration
 from edge_app.runtime.rundir import CONVERSION_MD
 
 log = logging.getLogger("edgecls")
@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-eval-images", type=int, default=None, metavar="N",
                         help="check on at most N held-out images (class-stratified); unset: all")
     parser.add_argument("--seed", type=int, default=0, help="seed for picking calibration/check images")
+    add_unknown(parser, "give every variant its embedding as a second output and a reference set from the train "
+                        "split, so it says 'unknown' for what is none of its classes")
+    add_unknown_calibration(parser)
     parser.add_argument("--json", action="store_true", help="print conversion.json on stdout")
 
 
@@ -92,7 +95,8 @@ def main(args: argparse.Namespace) -> int:
         mean=args.mean, std=args.std, image_size=image_size, max_accuracy_drop=args.max_accuracy_drop,
         max_latency_ms=args.max_latency_ms, edgetpu=args.edgetpu, full_integer=args.full_integer,
         repair=args.repair, repair_budget=args.repair_budget, num_threads=args.num_threads, runs=args.runs,
-        warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed,
+        warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed, unknown=args.unknown != "off",
+        unknown_accept=args.unknown_accept, unknown_check=args.unknown_check,
     )
     report = run(config)
     if args.json:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from converter.targets import IO_TYPES, TARGETS
 from edge_app.runtime.errors import ConfigError, check_normalization, check_threads
+from edge_app.runtime.novelty import check_accept
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class ConvertConfig:
         runs, warmup: timed and untimed invokes of the latency check.
         max_eval_images: check on at most this many held-out images (class-stratified); ``None`` = all.
         seed: picks calibration and evaluation samples reproducibly.
+        unknown: give every variant the embedding output and a reference set for ``unknown``.
+        unknown_accept: the share of the val split's photos the ``unknown`` threshold accepts.
+        unknown_check: photos of none of the classes, to report how many each variant calls ``unknown``.
 
     Example:
         >>> config = ConvertConfig.int8("runs/potato", max_accuracy_drop=0.5)
@@ -67,11 +71,14 @@ class ConvertConfig:
     warmup: int = 5
     max_eval_images: int | None = None
     seed: int = 0
+    unknown: bool = True
+    unknown_accept: float = 0.95
+    unknown_check: Path | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)  # frozen: normalize types once, here
         set_("model", Path(self.model))
-        for name in ("out_dir", "labels", "data", "calibration_data"):
+        for name in ("out_dir", "labels", "data", "calibration_data", "unknown_check"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         quants = (self.quants,) if isinstance(self.quants, str) else tuple(self.quants)
@@ -110,6 +117,10 @@ class ConvertConfig:
         if self.repair_budget < 1:
             raise ConfigError(f"--repair-budget must be 1 or more layers, got {self.repair_budget}; "
                               "turn the repair off with --no-repair")
+        check_accept(self.unknown_accept, ConfigError)
+        if self.unknown_check is not None and not self.unknown_check.is_dir():
+            raise ConfigError(f"--unknown-check {self.unknown_check} is not a folder; give a folder of photos of "
+                              "things that are none of the classes")
         check_threads(self.num_threads, error=ConfigError)
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError(f"--runs must be 1 or more and --warmup 0 or more, got {self.runs}, {self.warmup}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converter import unknown
 from converter.calibration import choose_calibration, float_spec, load_pixels, pin_input_range, summarize
 from converter.checks import (
     Evaluation,
@@ -35,7 +36,7 @@ from converter.worker import ConverterProcess
 from edge_app.runtime import default_num_threads, embed_metadata, load_runtime, read_image
 from edge_app.runtime.errors import LabelsError
 from edge_app.runtime.files import check_writable, write_bytes, write_json
-from edge_app.runtime.rundir import model_file
+from edge_app.runtime.rundir import model_file, read_config, split_items
 
 log = logging.getLogger("edgecls")
 
@@ -96,6 +97,7 @@ def run(config: ConvertConfig) -> dict:
                 variants.append(build_cpu_int8(child, flatbuffers[quant], prove, path, config, fp32_p50))
             else:
                 variants.append(prove(flatbuffers[quant], path))
+    _attach_unknown(variants, source, config, threads)
     fp32_size = next((v["size_bytes"] for v in variants if v["quant"] == "fp32"), None)
     for v in variants:
         v["size_vs_fp32"] = round(v["size_bytes"] / fp32_size, 4) if fp32_size else None
@@ -107,6 +109,20 @@ def run(config: ConvertConfig) -> dict:
     json_path, md_path = write_reports(out_dir, report)
     log.info("reports: %s, %s", json_path, md_path)
     return report
+
+
+def _attach_unknown(variants: list[dict], source: Source, config: ConvertConfig, threads: int) -> None:
+    """Each proven variant gets its reference set for 'unknown', computed with itself (see :mod:`converter.unknown`)."""
+    if not config.unknown:
+        return
+    val = []
+    if source.run_dir is not None and source.test_source != "the run's val split":
+        val = split_items(source.run_dir, read_config(source.run_dir), "val")
+    check = stratified_sample(source.test, config.max_eval_images, config.seed)
+    for variant in variants:
+        report = unknown.attach(variant, source.calibration, val, check, config, threads)
+        if report is not None:
+            variant["unknown"] = report
 
 
 def _float_checks(reference: ReferenceModel, source: Source, spec, config: ConvertConfig) -> Checks:
@@ -144,7 +160,8 @@ def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, l
                      config: ConvertConfig, threads: int, announce: bool = True) -> dict:
     """Write one variant with its metadata, prove it, and embed the proof in it (``announce``: log the result;
     off for the candidates int8 compares internally)."""
-    data = strip_tensor_names(data)
+    # The pooled features as a second output (what 'unknown' reads), in the graph that is proven.
+    data = strip_tensor_names(unknown.with_embedding_output(data) if config.unknown else data)
     metadata = {**base_metadata, "quant": quant}
     write_bytes(path, embed_metadata(data, metadata, labels))
     variant = _check(quant, path, data, labels, checks, config, threads)

@@ -120,6 +120,36 @@ def _repair(v: dict) -> list[str]:
     return lines
 
 
+def _unknown(variants: list[dict]) -> list[str]:
+    """Each variant's 'unknown': threshold, reference set, known accepted, and the --unknown-check comparison."""
+    rows = [v for v in variants if v.get("unknown")]
+    if not rows:
+        return []
+    check = next((v["unknown"].get("check") for v in rows if v["unknown"].get("check")), None)
+    lines = ["", "## Unknown: none of the classes", "",
+             f"Each variant carries a reference set computed with itself from the train split; its threshold "
+             f"accepts {_pct(rows[0]['unknown']['accept'])} of {rows[0]['unknown']['calibrated_on']}. On the check "
+             "images: known photos accepted, accuracy on all of them and on those accepted"
+             + (f"; `--unknown-check {check['folder']}` ({check['num_images']} photos of none of the classes): share "
+                "called unknown, by our k-NN novelty and by the max softmax probability at the same known acceptance"
+                if check else "") + ".", "",
+             "| variant | threshold | references | known accepted | accuracy → accepted |"
+             + (" unknown rejected: k-NN (AUROC) | max softmax (AUROC) |" if check else ""),
+             "|---|---|---|---|---|" + ("---|---|" if check else "")]
+    for v in rows:
+        u, test = v["unknown"], v["unknown"].get("test") or {}
+        line = (f"| {v['quant']} | {u['threshold']:.4f} | {u['references']} ({u['reference_bytes'] / 1e3:.0f} kB) | "
+                f"{_pct(test.get('known_accepted'))} | {_pct(test.get('accuracy'))} → "
+                f"{_pct(test.get('accuracy_accepted'))} |")
+        if check:
+            c = u.get("check") or {}
+            line += (f" {_pct((c.get('knn') or {}).get('unknown_rejected'))} ({(c.get('knn') or {}).get('auroc')}) | "
+                     f"{_pct((c.get('max_softmax') or {}).get('unknown_rejected'))} "
+                     f"({(c.get('max_softmax') or {}).get('auroc')}) |")
+        lines.append(line)
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """The table a person reads first, then per-class deltas, calibration, graph facts and the Edge TPU step."""
     lines = [f"# Conversion of `{report['model']}`", ""]
@@ -158,6 +188,7 @@ def render_markdown(report: dict) -> str:
                   + f". Smallest: {speed.get('smallest')}."]
     for v in report["variants"]:
         lines += _kept_float(v) + _repair(v)
+    lines += _unknown(report["variants"])
     lines += _sizes(report["variants"])
     warnings = [(v["quant"], w) for v in report["variants"] for w in v.get("warnings", [])]
     if warnings:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edge_app.runtime import ImageClassifier, list_images
 from edge_app.runtime.errors import EdgeclsError, ImageError, check_normalization, check_threads
-from edge_app.runtime.flags import add_max_pixels, add_normalization, add_threads
+from edge_app.runtime.flags import add_max_pixels, add_normalization, add_threads, add_unknown
 
 log = logging.getLogger("edgecls")
 
@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   edgecls classify model_edgetpu.tflite parrot.jpg --device edgetpu
   edgecls classify float_model.tflite cat.jpg --labels labels.txt --mean 127.5 --std 127.5
   edgecls classify model.tflite photos/ --top-k 5 --min-score 0.1      # hide unlikely classes
+  edgecls classify leaves.tflite car.jpg          # "unknown": a learned or converted model knows what it was taught
   edgecls classify model.tflite dataset/ --recursive   # class folders: a sub-folder named like a class is the truth
 
 exit codes: 0 all classified, 1 some images failed (the rest were classified), 2 bad input."""
@@ -44,6 +45,7 @@ class ClassifyConfig:
     stages: bool = field(default=False)
     max_pixels: int | None = None
     recursive: bool = False
+    unknown: bool = True
 
     def __post_init__(self):
         if not self.images:
@@ -72,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_max_pixels(parser)
     parser.add_argument("--center-crop", type=float, help="crop this central fraction (at the model's aspect) first")
     parser.add_argument("--stages", action="store_true", help="also print the mean per-stage time split on stderr")
+    add_unknown(parser, "say 'unknown' for images unlike the model's reference photos (models that carry them)")
     parser.add_argument("-r", "--recursive", action="store_true",
                         help="folders: also the images in their sub-folders; a sub-folder named like one of the "
                              "model's classes is taken as the images' truth (shown, and the accuracy at the end)")
@@ -86,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold, json=args.json, device=args.device, num_threads=args.num_threads,
         mean=args.mean, std=args.std,
         center_crop=args.center_crop, stages=args.stages or args.verbose > 0, max_pixels=args.max_pixels,
-        recursive=args.recursive,
+        recursive=args.recursive, unknown=args.unknown != "off",
     ))
 
 
@@ -96,7 +99,10 @@ def run(config: ClassifyConfig) -> int:
     With ``recursive``, an image in a folder named like one of the model's classes carries ``truth``.
     """
     classifier = ImageClassifier(config.model, config.labels, config.device, config.num_threads,
-                                 config.mean, config.std, config.center_crop)
+                                 config.mean, config.std, config.center_crop, unknown=config.unknown)
+    if classifier.reference is None:
+        log.debug("%s carries no reference set: no 'unknown' (models from edgecls learn and convert have one)",
+                  classifier.path.name)
     log.debug("model %s: input %s %s, %d classes", classifier.path, classifier.input_size,
               classifier.spec.dtype.__name__, classifier.num_classes)
     paths = _expand(config.images, config.recursive)
@@ -160,6 +166,7 @@ def _classify_one(classifier: ImageClassifier, path: Path, config: ClassifyConfi
     classifier.invoke()
     t3 = time.perf_counter()
     top = classifier.top(classifier.scores(), config.top_k, config.score_threshold)
+    novelty = classifier.novelty()
     t4 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3,
                "invoke": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3}
@@ -170,9 +177,14 @@ def _classify_one(classifier: ImageClassifier, path: Path, config: ClassifyConfi
         "latency_ms": round((t4 - t1) * 1e3, 3),
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
     }
+    if novelty is not None:
+        result["novelty"] = round(novelty, 4)
+        result["unknown"] = classifier.is_unknown(novelty)
     return result, timings
 
 
 def _human(result: dict) -> str:
     top = ", ".join(f"{c['label']} {c['score']:.3f}" for c in result["top_k"]) or "(nothing above the threshold)"
+    if result.get("unknown"):
+        top = f"unknown: not something it knows (novelty {result['novelty']:.3f}); closest {top}"
     return f"{result['image']}: {top}  ({result['latency_ms']:.1f} ms)"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from edge_app.runtime.flags import add_normalization, add_threads
+from edge_app.runtime.flags import add_normalization, add_threads, add_unknown_calibration
 
 log = logging.getLogger("edgecls")
 
@@ -23,6 +23,9 @@ DATA is a folder of class sub-folders (DATA/<class>/*.jpg), or train/ (+ val/, t
 edgecls train takes. Per class, 20% of the photos (classes with 5 or more) are held out to check the
 head and stop its fitting; test/ is checked too when given. The report goes beside the model
 (NAME.learn.json, NAME.learn.md). Needs no TensorFlow: numpy and a TFLite runtime are enough.
+
+unknown: the model also says "unknown" for what is none of its classes: it carries up to 64
+photos' embeddings per class and a threshold that accepts --unknown-accept of the held-out photos.
 
 heads: imprint = normalised class means (good from 1-5 photos per class); softmax = logistic
 regression fitted in numpy (better from ~10 per class); auto = softmax when every class has 5 or more.
@@ -53,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split and the fit")
     parser.add_argument("--compare", default=None, metavar="MODEL",
                         help="also check MODEL (e.g. the one the new model replaces) on the same validation photos")
+    add_unknown_calibration(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (even the --base itself)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -66,13 +70,20 @@ def main(args: argparse.Namespace) -> int:
         data=Path(args.data), out=Path(args.out), base=Path(args.base) if args.base else None, head=args.head,
         val_split=args.val_split, seed=args.seed, num_threads=args.num_threads, device=args.device,
         embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std,
-        compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite))
+        compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite,
+        unknown_accept=args.unknown_accept, unknown_check=Path(args.unknown_check) if args.unknown_check else None))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     checked = [f"{part} accuracy {100 * report[part]['accuracy']:.1f}% (balanced "
                f"{100 * report[part]['balanced_accuracy']:.1f}%) on {report[part]['num_images']} images"
                for part in ("val", "test") if report.get(part)]
+    unknown = report.get("unknown") or {}
+    if unknown.get("enabled"):
+        checked.append(f"'unknown' above novelty {unknown['threshold']:.3f} ({unknown['references']} reference photos"
+                       + (f"; --unknown-check: {100 * unknown['check']['knn']['unknown_rejected']:.0f}% called "
+                          f"unknown, max softmax would {100 * unknown['check']['max_softmax']['unknown_rejected']:.0f}%"
+                          if unknown.get("check") else "") + ")")
     if report.get("val_before"):
         checked.append(f"{Path(args.compare).name} on the same: {100 * report['val_before']['accuracy']:.1f}%")
     print(f"{report['model']}: {len(report['labels'])} classes, head {report['head']}; "

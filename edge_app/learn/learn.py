@@ -26,6 +26,7 @@ import numpy as np
 from edge_app.learn import graph, heads, rewrite
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
+from edge_app.runtime import novelty
 from edge_app.runtime.artifact import MAX_MEMBER_BYTES, embed_metadata, read_artifact, read_member
 from edge_app.runtime.dataset import scan
 from edge_app.runtime.errors import (
@@ -89,16 +90,22 @@ class LearnConfig:
     std: tuple[float, ...] | None = None
     compare: Path | None = None
     overwrite: bool = False
+    unknown_accept: float = novelty.DEFAULT_ACCEPT
+    unknown_check: Path | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
-        for name in ("data", "out", "base", "labels", "compare"):
+        for name in ("data", "out", "base", "labels", "compare", "unknown_check"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         if self.head not in heads.HEADS:
             raise ConfigError(f"unknown --head {self.head!r}; choose {', '.join(heads.HEADS)}")
         if not 0 <= self.val_split < 0.9:
             raise ConfigError(f"--val-split must be in [0, 0.9), got {self.val_split}")
+        novelty.check_accept(self.unknown_accept, ConfigError)
+        if self.unknown_check is not None and not self.unknown_check.is_dir():
+            raise DataError(f"--unknown-check {self.unknown_check} is not a folder; give a folder of photos of things "
+                            "that are none of the classes")
         if self.out.suffix != ".tflite":
             raise ConfigError(f"--out {self.out} must end in .tflite")
         check_threads(self.num_threads, error=ConfigError)
@@ -142,12 +149,12 @@ def learn(config: LearnConfig) -> dict:
     dataset = scan(root, val_split=0.0, test_split=0.0, seed=config.seed, min_classes=1 if old_labels else 2,
                    verify=False)
     labels = _merge_labels(old_labels, dataset.labels, root)
-    if old_head is not None and len(labels) == len(old_labels):
-        raise DataError(f"--keep-classes: every class of {root} ({', '.join(dataset.labels[:5])}"
-                        f"{', ...' if len(dataset.labels) > 5 else ''}) is already a class of {base_path.name}, and "
-                        "--keep-classes adds new classes while the old ones stay as they are, so these photos would "
-                        "change nothing. Add a folder of a new class, or learn without --keep-classes (a new head "
-                        "on DATA's classes only)")
+    # --keep-classes with photos of the base's own classes only: nothing to add to its head, but what it needs
+    # to say "unknown" (any TFLite classifier gains the embedding output and a reference set this way).
+    reference_only = old_head is not None and len(labels) == len(old_labels)
+    if reference_only:
+        log.info("--keep-classes: every class of %s is already one of %s's: its classes stay as they are, and "
+                 "these photos become its reference set for 'unknown'", root, base_path.name)
     _warn_imbalance(dataset, root)
     embedder = Embedder(rewrite.cut_at(model, embedding), artifact.metadata, config.device, config.num_threads,
                         config.mean, config.std, base_path.name)
@@ -182,23 +189,102 @@ def learn(config: LearnConfig) -> dict:
     if config.compare is not None and "val" in raw:
         results["val_before"] = _check_other(config.compare, read["val"], raw["val"][1], labels, config)
     sums, samples, sample_y = final["sums"], final["samples"], final["sample_labels"]
-    data = rewrite.with_head(model, embedding, head.weights, head.bias)
-    metadata = _metadata(artifact.metadata, base_path, base, embedding, head, labels, old_labels, config)
-    state_bytes = _state_bytes(labels, sums, counts, samples, sample_y, embedding)
-    write_bytes(config.out, embed_metadata(data, metadata, labels, {STATE: state_bytes}))
+    unknown, members = _unknown(final, check, raw, embedder, embedding, old_head is not None and not reference_only,
+                                config)
+    if reference_only and not members:
+        raise DataError(f"{root}: too few photos for a reference set (two or more are needed); add photos")
+    metadata = _metadata(artifact.metadata, base_path, base, embedding, head, labels, old_labels, config, reference_only)
+    if members:
+        metadata[novelty.KEY] = unknown.pop("spec")
+    if reference_only:  # the base's graph as it is, plus its embedding as a second output
+        data = rewrite.with_output(model, embedding)
+    else:
+        data = rewrite.with_head(model, embedding, head.weights, head.bias, embedding_output=bool(members))
+        members[STATE] = _state_bytes(labels, sums, counts, samples, sample_y, embedding)
+    write_bytes(config.out, embed_metadata(data, metadata, labels, members))
     report = {
         "schema": "edgecls.learn/1", "model": str(config.out), "base": str(base_path), "data": str(config.data),
         "embedding": {"name": embedding.name, "width": embedding.width, "dtype": embedding.dtype},
         "head": head.kind, "labels": labels, "new_labels": [label for label in labels if label not in old_labels],
         "kept_labels": old_labels, "images": {part: int(len(t)) for part, (_, t) in raw.items()},
         "images_per_class": {label: int(n) for label, n in zip(labels, counts, strict=True)},
-        "skipped": skipped, **results, "seconds": {"embedding": round(embed_s, 2), "fit": round(fit_s, 2)},
+        "skipped": skipped, **results, "unknown": unknown, "seconds": {"embedding": round(embed_s, 2), "fit": round(fit_s, 2)},
         "embedding_rate_img_s": round(sum(len(t) for _, t in raw.values()) / max(embed_s, 1e-9), 1),
         "size_bytes": config.out.stat().st_size, "created": metadata["learn"]["created"],
     }
     report["latency_p50_ms"] = _latency(config.out, base_path, config)
     write_reports(config.out, report)
     return report
+
+
+def _unknown(final: dict, check: dict, raw: dict, embedder: Embedder, embedding, kept_classes: bool,
+             config: LearnConfig) -> tuple[dict, dict[str, bytes]]:
+    """The reference set for ``unknown`` (archive members) and its report.
+
+    The reference set: up to ``novelty.PER_CLASS`` embeddings per class covering every photo the model was
+    fitted on. The threshold accepts ``--unknown-accept`` of the validation photos, scored against a reference
+    set of the training part alone (as the validation accuracy is measured with a head fitted without them);
+    without a validation part, of the reference photos themselves, each left out of its own neighbours.
+    """
+    if kept_classes:
+        log.info("no 'unknown' for a --keep-classes model: the base's own classes have no photos here to compare "
+                 "frames with")
+        return {"enabled": False, "why": "--keep-classes: the base's classes have no reference photos"}, {}
+    x = novelty.unit_rows(embedder.dequantize(final["raw_x"]))
+    if len(x) < 2:
+        return {"enabled": False, "why": "fewer than two photos: nothing to calibrate on"}, {}
+    if "val" in raw:
+        train = novelty.unit_rows(embedder.dequantize(check["raw_x"]))
+        val_x = novelty.unit_rows(embedder.dequantize(raw["val"][0]))
+        fitted = novelty.fit(train, check["raw_y"], config.unknown_accept, val_x)
+    else:
+        fitted = novelty.fit(x, final["raw_y"], config.unknown_accept)
+    threshold, k, known = fitted.threshold, fitted.k, fitted.known
+    # The model keeps a reference set covering every photo it was fitted on; the threshold stands as found with the
+    # validation photos held out (against the final set, which includes them, they would look more familiar than
+    # any new photo).
+    chosen = novelty.cover(x, final["raw_y"], fitted.per_class)
+    reference = x[chosen]
+    report: dict = {"enabled": True, "accept": config.unknown_accept, "references": int(len(chosen)), "k": k}
+    if "val" in raw:
+        report["val"] = _acceptance(known, threshold, check["head"], embedder.dequantize(raw["val"][0]), raw["val"][1])
+        if config.unknown_check is not None:
+            report["check"] = _unknown_check(config, embedder, check["head"], train[fitted.chosen], known, threshold,
+                                             k, raw["val"][0])
+    elif config.unknown_check is not None:
+        log.warning("--unknown-check needs a validation part (classes of 5 photos or more): not measured")
+    calibrated_on = fitted.calibrated_on
+    if "test" in raw:
+        test_x = novelty.unit_rows(embedder.dequantize(raw["test"][0]))
+        report["test"] = _acceptance(novelty.knn_novelty(reference, test_x, k), threshold, final["head"],
+                                     embedder.dequantize(raw["test"][0]), raw["test"][1])
+    member = novelty.pack(final["raw_x"][chosen], final["raw_y"][chosen])
+    report.update(threshold=round(threshold, 6), calibrated_on=calibrated_on, reference_bytes=len(member),
+                  spec=novelty.spec(threshold, config.unknown_accept, embedding.name, len(chosen), calibrated_on, k,
+                                    fitted.per_class))
+    log.info("unknown: %d reference photos (%.0f kB), threshold %.3f accepts %.0f%% of %s", len(chosen),
+             len(member) / 1e3, threshold, 100 * config.unknown_accept, calibrated_on)
+    return report, {novelty.MEMBER: member}
+
+
+def _acceptance(novelty_scores: np.ndarray, threshold: float, head, x: np.ndarray, truth: np.ndarray) -> dict:
+    return novelty.acceptance(novelty_scores, threshold, head.scores(x).argmax(1) == truth)
+
+
+def _unknown_check(config: LearnConfig, embedder: Embedder, head, reference: np.ndarray, known: np.ndarray,
+                   threshold: float, k: int, val_raw: np.ndarray) -> dict:
+    """``--unknown-check DIR``, scored as the validation photos were (against the training part's reference set)."""
+    from edge_app.runtime import list_images
+
+    paths = list_images(config.unknown_check, recursive=True)
+    if not paths:
+        raise DataError(f"--unknown-check {config.unknown_check} holds no images (jpg, png, bmp, webp)")
+    raw, _, skipped = embedder.embed(paths, desc="embedding --unknown-check")
+    unknown_x = embedder.dequantize(raw)
+    ours = novelty.knn_novelty(reference, novelty.unit_rows(unknown_x), k)
+    result = novelty.compare_with_max_softmax(known, ours, threshold, head.scores(embedder.dequantize(val_raw)),
+                                              head.scores(unknown_x), config.unknown_accept)
+    return {"folder": str(config.unknown_check), "skipped": len(skipped), **result}
 
 
 def _latency(model: Path, base: Path, config: LearnConfig) -> dict:
@@ -341,9 +427,13 @@ def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels
         raw_x = np.concatenate([state["samples"].astype(raw_x.dtype), raw_x])
         raw_y = np.concatenate([state["sample_labels"], raw_y])
     samples, sample_labels = _sample(raw_x, raw_y, len(labels), config.seed)
-    kind = heads.choose(config.head, counts if old_head is None else counts[len(old_labels):])
-    head = _fit(kind, embedder.dequantize(raw_x), raw_y, sums, labels, old_head, config.seed)
-    return {"head": head, "sums": sums, "counts": counts, "samples": samples, "sample_labels": sample_labels}
+    if old_head is not None and len(labels) == len(old_labels):  # --keep-classes, no new class: the head as it is
+        head = heads.Head(f"{len(labels)} classes kept as they are", *old_head)
+    else:
+        kind = heads.choose(config.head, counts if old_head is None else counts[len(old_labels):])
+        head = _fit(kind, embedder.dequantize(raw_x), raw_y, sums, labels, old_head, config.seed)
+    return {"head": head, "sums": sums, "counts": counts, "samples": samples, "sample_labels": sample_labels,
+            "raw_x": raw_x, "raw_y": raw_y}
 
 
 def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list[str], old_head,
@@ -371,8 +461,15 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list
                       np.concatenate([bias, offsets]).astype(np.float32))
 
 
-def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head, labels, old_labels, config) -> dict:
+def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head, labels, old_labels, config,
+              reference_only: bool = False) -> dict:
     from edge_app import __version__
+
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if reference_only:  # the base's model as it is: its own metadata, and where its reference set came from
+        return {**base_metadata, "num_classes": len(labels), "edgecls_version": __version__,
+                "learn": {"embedding": embedding.name, "reference_only": True,
+                          "base_sha256": hashlib.sha256(base).hexdigest(), "created": created}}
 
     keep = {k: base_metadata[k] for k in ("input_size", "mean", "std", "channel_order", "center_crop")
             if k in base_metadata}
@@ -381,8 +478,7 @@ def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head
     return {"format": "edgecls/1", **keep, "output": "probabilities", "num_classes": len(labels), "quant": "learned",
             "source_model": base_path.name, "edgecls_version": __version__,
             "learn": {"embedding": embedding.name, "head": head.kind, "base_sha256": hashlib.sha256(base).hexdigest(),
-                      "kept_classes": len(old_labels), "samples_per_class": SAMPLES_PER_CLASS,
-                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+                      "kept_classes": len(old_labels), "samples_per_class": SAMPLES_PER_CLASS, "created": created}}
 
 
 def _state_bytes(labels, sums, counts, samples, sample_y, embedding) -> bytes:

@@ -77,6 +77,33 @@ def render_markdown(report: dict) -> str:
             lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |"
                       for label, row in zip(matrix["labels"], matrix["rows"], strict=True)]
         lines.append("")
+    lines += _unknown_lines(report.get("unknown"))
     if "val" not in report and "test" not in report:
         lines += ["No validation part (every class has fewer than 5 images, or --val-split 0): accuracy unmeasured.", ""]
     return "\n".join(lines)
+
+
+def _unknown_lines(unknown: dict | None) -> list[str]:
+    """The ``unknown`` section: the threshold, known photos accepted, and the --unknown-check comparison."""
+    if not unknown:
+        return []
+    if not unknown.get("enabled"):
+        return [f"## Unknown: off ({unknown['why']})", ""]
+    lines = [f"## Unknown: novelty above {unknown['threshold']:.4f}", "",
+             f"{unknown['references']} reference photos ({unknown['reference_bytes'] / 1e3:.0f} kB in the model); "
+             f"the threshold accepts {_pct(unknown['accept'])} of {unknown['calibrated_on']}.", "",
+             "| photos | known accepted | accuracy, all | accuracy, accepted |", "|---|---|---|---|"]
+    for part, title in (("val", "validation part (calibration)"), ("test", "test/")):
+        if unknown.get(part):
+            r = unknown[part]
+            lines.append(f"| {title}: {r['num_images']} | {_pct(r['known_accepted'])} | {_pct(r['accuracy'])} | "
+                         f"{_pct(r['accuracy_accepted'])} |")
+    check = unknown.get("check")
+    if check:
+        lines += ["", f"`--unknown-check {check['folder']}`: {check['num_images']} photos of none of the classes.", "",
+                  "| score | unknown rejected | AUROC |", "|---|---|---|",
+                  f"| k-NN novelty (the model's) | {_pct(check['knn']['unknown_rejected'])} | "
+                  f"{check['knn']['auroc']} |",
+                  f"| max softmax probability | {_pct(check['max_softmax']['unknown_rejected'])} | "
+                  f"{check['max_softmax']['auroc']} |"]
+    return [*lines, ""]

@@ -24,10 +24,13 @@ from edge_app.learn.graph import (
 from edge_app.runtime.errors import ModelError
 
 
-def with_head(model, embedding: Embedding, weights: np.ndarray, bias: np.ndarray) -> bytes:
+def with_head(model, embedding: Embedding, weights: np.ndarray, bias: np.ndarray,
+              embedding_output: bool = False) -> bytes:
     """A new standalone flatbuffer: the graph up to ``embedding``, then (DEQUANTIZE ->) FULLY_CONNECTED ->
-    SOFTMAX in float32, with one output ``probabilities [1, classes]``. The backbone's ops, tensors and weights
-    are kept as they are; those only the old head used are dropped, so its weights leave the file."""
+    SOFTMAX in float32, with the output ``probabilities [1, classes]`` (and, with ``embedding_output``, the
+    embedding itself as a second output: what ``unknown`` reads, from the same invoke). The backbone's ops,
+    tensors and weights are kept as they are; those only the old head used are dropped, so its weights leave
+    the file."""
     weights = np.asarray(weights, np.float32)
     bias = np.asarray(bias, np.float32)
     if weights.ndim != 2 or weights.shape[1] != embedding.width or weights.shape[0] < 1:
@@ -58,7 +61,18 @@ def with_head(model, embedding: Embedding, weights: np.ndarray, bias: np.ndarray
     softmax_options.beta = 1.0
     _add_op(out, "SOFTMAX", 1, [logits], [probabilities], schema.BuiltinOptions.SoftmaxOptions, softmax_options)
     _set_output(out, probabilities, OUTPUT_NAME)
+    if embedding_output:
+        _add_output(out, feature, embedding.name)
     _drop_stale_metadata(out)
+    return _serialize(out)
+
+
+def with_output(model, embedding: Embedding) -> bytes:
+    """A new flatbuffer: the model as it is, with ``embedding`` as one more output (what ``unknown`` reads, from
+    the same invoke as the scores)."""
+    check_belongs(model, embedding)
+    out = copy.deepcopy(model)
+    _add_output(out, embedding.index, embedding.name)
     return _serialize(out)
 
 
@@ -185,6 +199,18 @@ def _set_output(model, index: int, name: str) -> None:
             output = schema.TensorMapT()
             output.name, output.tensorIndex = name, index
             signature.outputs = [output]
+
+
+def _add_output(model, index: int, name: str) -> None:
+    """Make tensor ``index`` one more output of subgraph 0 (after the existing ones), in its signature defs too."""
+    if index in list(model.subgraphs[0].outputs):
+        return
+    model.subgraphs[0].outputs = [*model.subgraphs[0].outputs, index]
+    for signature in model.signatureDefs or []:
+        if signature.subgraphIndex == 0:
+            output = schema.TensorMapT()
+            output.name, output.tensorIndex = name, index
+            signature.outputs = [*(signature.outputs or []), output]
 
 
 def _drop_stale_metadata(model) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from edge_app.live.config import AppConfig
 from edge_app.live.loop import STAGES, RunStats, classify_frames, preparer
 from edge_app.runtime.errors import EdgeclsError, Interrupted
-from edge_app.runtime.flags import add_max_pixels, add_normalization, add_threads
+from edge_app.runtime.flags import add_max_pixels, add_normalization, add_threads, add_unknown
 
 log = logging.getLogger("edgecls")
 
@@ -58,10 +58,13 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
     def load(path, **kwargs):
         # From its bytes in memory: the file may be replaced or rewritten in place while we run (the live swap).
         return ImageClassifier(path, config.labels, config.device, config.num_threads, config.mean, config.std,
-                               in_memory=True, **kwargs)
+                               in_memory=True, unknown=config.unknown, **kwargs)
 
     recover_interrupted_install(resolve_model(config.model, config.device), load)
     clf = load(config.model)
+    if clf.reference is None:
+        log.debug("%s: %s", clf.path.name, "--unknown off" if not config.unknown else "no reference set: no "
+                  "'unknown' (models edgecls learn writes carry one)")
     sinks, feed = [], None
 
     def emit(name: str, detail: str, **fields) -> None:
@@ -123,7 +126,7 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
 
 def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
     """Open the outputs into ``sinks`` one by one, so those made before a failure still get closed."""
-    from edge_app.live.sinks import UNCERTAIN, FrameSaver, JsonlLog, OverlayWindow
+    from edge_app.live.sinks import UNCERTAIN, UNKNOWN, FrameSaver, JsonlLog, OverlayWindow
 
     web = None
     if config.web:
@@ -131,10 +134,15 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
 
         host, port = parse_web_address(config.web, config.allow_remote)
         token = _kiosk_token(config) if config.learn else None
-        web = WebView(host, port, max_fps=config.web_fps, allow_remote=config.allow_remote, token=token)
+        web = WebView(host, port, max_fps=config.web_fps, allow_remote=config.allow_remote, token=token,
+                      public_view=config.public_view)
         sinks.append(web)
+        if config.learn and config.allow_remote:
+            log.warning("--allow-remote with --learn: any machine that can reach %s may try the kiosk's actions; "
+                        "only the token stops them (the Host checks are off). Keep the token secret, and the "
+                        "port behind a firewall or an SSH tunnel", web.url)
         if token and not config.token_file:
-            log.info("kiosk token (for teach, apply, undo): %s  open %s#token=%s", token, web.url, token)
+            log.info("kiosk token (for the field loop: its actions and pages): %s  open %s#token=%s", token, web.url, token)
     if config.mqtt:
         from edge_app.live.mqtt import MqttLink
 
@@ -156,14 +164,14 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
     if config.log:
         sinks.append(JsonlLog(config.log, int(config.log_max_mb * 1_000_000), config.log_backups, config.top_k > 1))
     if config.save_frames:
-        unknown = [w for w in config.save_when if w not in clf.labels and w != UNCERTAIN]
-        if unknown:
+        strange = [w for w in config.save_when if w not in clf.labels and w not in (UNCERTAIN, UNKNOWN)]
+        if strange:
             import difflib
 
-            hints = {w: difflib.get_close_matches(w, clf.labels, 1) for w in unknown}
+            hints = {w: difflib.get_close_matches(w, clf.labels, 1) for w in strange}
             said = ", ".join(f"{w!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for w, h in hints.items())
             raise EdgeclsError(f"--save-when {said}: not a label of {clf.path.name}; use its labels "
-                               f"(or '{UNCERTAIN}' for frames below --threshold)")
+                               f"(or '{UNCERTAIN}' for frames below --threshold, '{UNKNOWN}' for none of its classes)")
         sinks.append(FrameSaver(config.save_frames, config.save_when, config.save_every, config.save_max))
     if config.display:
         sinks.append(OverlayWindow(f"edgecls - {clf.path.name}"))
@@ -238,11 +246,18 @@ Replacing the model file (write a temporary file and rename it over MODEL) or SI
 new model in between two frames once it loads, has labels that fit and runs on the latest frame;
 otherwise it is rejected and the running model stays. --collect DIR keeps frames the model was
 unsure of in DIR/inbox; with --learn the kiosk page labels them (DIR/labelled/<class>/, a
-dataset edgecls learn and edgecls train read), teaches new classes from the camera, applies
-(learns and swaps live) and undoes. Kiosk actions need the token printed at start.
+dataset edgecls learn and edgecls train read), relabels or sends back labelled frames, teaches new
+classes from the camera, applies (learns and swaps live) and undoes. Kiosk actions need the token
+printed at start, and so do the field loop's reads (the frames, classes and models) unless
+--public-view; the live view (/, /status, /frame.jpg, /stream.mjpg) needs none. With --allow-remote
+the kiosk answers to any host name: only the token protects its actions.
+
+A model that carries a reference set (edgecls learn writes one) labels frames unlike everything it
+was taught "unknown" (the page and the window say "Not something I know"); --collect keeps those
+first (reason "novel"); --save-when unknown keeps them as evidence; --unknown off turns it off.
 
 --log writes one JSON object per line: first {"header": {...device facts...}}, then per frame
-{"frame", "t", "label", "score", "latency_ms", "fps"}, and {"event": ...} when a camera drops out,
+{"frame", "t", "label", "score", "latency_ms", "fps"} (+ "novelty"), and {"event": ...} when a camera drops out,
 a model is swapped in (model_swapped: old_sha256, new_sha256) or rejected (model_rejected: reason).
 SIGTERM and Ctrl-C stop cleanly (exit 0) with the log flushed."""
 
@@ -259,12 +274,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--headless", action="store_true", help="no window (what happens without --display; for services)")
     out.add_argument("--display", action="store_true", help="a window with label, score and FPS (needs a desktop)")
     parser.add_argument("--web", metavar="HOST:PORT", help="kiosk page, MJPEG view and /status JSON, e.g. 127.0.0.1:8080")
-    parser.add_argument("--allow-remote", action="store_true", help="let --web listen on a non-local address")
+    parser.add_argument("--allow-remote", action="store_true", help="let --web listen on a non-local address "
+                        "(any host name is then answered: with --learn, only the kiosk token protects its actions)")
     parser.add_argument("--web-fps", type=float, default=10.0, metavar="FPS", help="frames per second sent to web viewers, at most")
     parser.add_argument("--log", metavar="FILE.jsonl", help="JSON-lines log: a header line, then one line per frame; rotated by size")
     parser.add_argument("--log-max-mb", type=float, default=10.0, metavar="MB", help="rotate the log at this size")
     parser.add_argument("--log-backups", type=int, default=3, metavar="N", help="rotated logs kept (FILE.1, FILE.2, ...)")
     parser.add_argument("--threshold", type=float, default=0.0, metavar="P", help="below this top score the label is 'uncertain'")
+    add_unknown(parser, "'unknown' for frames unlike the model's reference photos (models edgecls learn and "
+                "convert write)")
     parser.add_argument("--smooth", type=int, default=1, metavar="N", help="average scores over the last N frames (1: off)")
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="classes per frame in the log and web view")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N classified frames")
@@ -296,6 +314,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the kiosk page reviews, teaches, applies and undoes (needs --collect and --web)")
     field.add_argument("--token-file", metavar="FILE",
                        help="the kiosk token for --learn (made, mode 0600, when missing); default: a new one, printed")
+    field.add_argument("--public-view", action="store_true",
+                       help="the field loop's reads (frames to review, labelled frames, classes, models) need no "
+                       "token; the live view never does. Actions always need the token")
     fleet = parser.add_argument_group("fleet (MQTT; pip install edgecls[fleet])")
     fleet.add_argument("--mqtt", metavar="URL", help="report to this broker and take signed deploys: "
                        "mqtt[s]://[user[:pass]@]host[:port] (a password may come from EDGECLS_MQTT_PASSWORD)")
@@ -316,7 +337,7 @@ def main(args: argparse.Namespace) -> int:
         watch=not args.no_watch, collect=args.collect, collect_below=args.collect_below,
         collect_margin=args.collect_margin, collect_every=args.collect_every,
         collect_sample_every=args.collect_sample_every, collect_max=args.collect_max, learn=args.learn,
-        token_file=args.token_file, mqtt=args.mqtt, device_id=args.device_id, mqtt_ca=args.mqtt_ca,
-        trust=args.trust)
+        token_file=args.token_file, public_view=args.public_view, mqtt=args.mqtt, device_id=args.device_id,
+        mqtt_ca=args.mqtt_ca, trust=args.trust, unknown=args.unknown != "off")
     run(config)
     return 0

@@ -139,6 +139,8 @@ class FrameCollector(Sink):
         if now - self._last < self.config.every_s:
             return None
         ranked = result.ranked or result.top_k
+        if result.unknown:  # none of its classes: what the operator should teach first
+            return "novel"
         if result.score < self.config.below:
             return "low_score"
         if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < self.config.margin:
@@ -150,7 +152,7 @@ class FrameCollector(Sink):
     def _offer(self, frame: Frame, result: Result, why: str, capture: _Capture | None = None) -> bool:
         ranked = result.ranked or result.top_k
         sidecar = {"t": round(result.t, 3), "frame": result.frame, "why": why, "label": result.label,
-                   "score": round(result.score, 4), "top": [[label, round(score, 4)] for label, score in ranked],
+                   "score": round(result.score, 4), "novelty": None if result.novelty is None else round(result.novelty, 4), "top": [[label, round(score, 4)] for label, score in ranked],
                    "model_sha256": self.model_sha256(), "source": self._source}
         if result.file is not None:
             sidecar["file"] = result.file
@@ -235,6 +237,10 @@ class FrameCollector(Sink):
         # Resumed only once a tenth of the room is free: not a paused/resumed pair per frame reviewed.
         if self._pause_kind == REVIEW and self._waiting <= 0.9 * self.config.max_frames:
             self._resume()
+
+    def returned(self, n: int = 1) -> None:
+        """``n`` labelled frames were sent back to the inbox for review (unlabelled on the page)."""
+        self._waiting += n
 
     def capture(self, label: str, frames: int, seconds: float, timeout: float | None = None) -> dict:
         """Save the next ``frames`` frames over ``seconds`` into ``labelled/<label>/`` (a teach); blocks until done.

@@ -51,6 +51,8 @@ class AppConfig:
     collect_max: int = 1000
     learn: bool = False
     token_file: str | None = None
+    public_view: bool = False
+    unknown: bool = True
     mqtt: str | None = None
     device_id: str | None = None
     mqtt_ca: str | None = None
@@ -90,6 +92,9 @@ class AppConfig:
         if self.learn and not (self.collect and self.web):
             problems.append("--learn needs --collect DIR (where frames and models are kept) and --web HOST:PORT "
                             "(the kiosk page it works from)")
+        if self.public_view and not self.web:
+            problems.append("--public-view lets the --web kiosk page's field-loop reads go without the token; "
+                            "add --web HOST:PORT, or drop --public-view")
         if self.token_file and not self.learn:
             problems.append("--token-file is the kiosk's token for --learn; add --learn")
         if (self.device_id or self.mqtt_ca or self.trust) and not self.mqtt:

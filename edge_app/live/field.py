@@ -1,6 +1,7 @@
 """``--learn``: the kiosk's field loop — review collected frames, teach classes, apply and undo.
 
-- *Review*: frames in ``DIR/inbox`` are labelled (moved to ``DIR/labelled/<class>/``) or discarded.
+- *Review* (:mod:`edge_app.live.review`): frames in ``DIR/inbox`` are labelled (moved to
+  ``DIR/labelled/<class>/``) or discarded; labelled frames are moved to another class or sent back.
 - *Teach*: ``N`` frames of the live view over a few seconds become examples of a class.
 - *Apply*: ``edgecls learn`` runs in a child process at low priority (the live loop keeps its
   rate), from the *original* model and every labelled frame (so applying twice never counts a
@@ -20,7 +21,6 @@ import ctypes
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -28,45 +28,19 @@ import threading
 import time
 from pathlib import Path
 
-from edge_app.live.collect import INBOX, LABELLED, MODELS, FrameCollector
+from edge_app.live.collect import MODELS, FrameCollector
+from edge_app.live.review import FrameReview, Refused
 from edge_app.runtime.errors import EdgeclsError, first_line
 from edge_app.runtime.files import write_bytes, write_json, write_text
 
 log = logging.getLogger("edgecls")
 
-MAX_CLASS_NAME = 64
-_FRAME_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+TEACH_MAX_FRAMES = 200
+TEACH_MAX_SECONDS = 60
 ORIGIN = "origin.tflite"
 
 
-class Refused(EdgeclsError):
-    """A kiosk request that cannot be done now or as asked; ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-def check_class_name(name: object) -> str:
-    """A class name that is safe as a folder name and readable: trimmed, 1-64 characters, no path parts.
-
-    Example:
-        >>> check_class_name("  late blight ")
-        'late blight'
-    """
-    if not isinstance(name, str):
-        raise Refused("a class name must be text")
-    name = " ".join(name.split())
-    if not name or len(name) > MAX_CLASS_NAME:
-        raise Refused(f"a class name needs 1 to {MAX_CLASS_NAME} characters")
-    if any(c in name for c in "/\\\0") or name.startswith((".", "_")) or not name.isprintable():
-        raise Refused(f"{name!r} cannot be a class name: no '/', '\\', control characters, or a leading '.' or '_'")
-    if name.casefold() == "uncertain":
-        raise Refused("'uncertain' is what the kiosk shows below --threshold; choose another name")
-    return name
-
-
-class FieldLearning:
+class FieldLearning(FrameReview):
     """The kiosk's review, teach, apply and undo, on the folders ``--collect DIR`` keeps.
 
     Args:
@@ -77,87 +51,21 @@ class FieldLearning:
     """
 
     def __init__(self, collector: FrameCollector, swapper, num_threads: int = 1, keep: int = 5):
-        self.collector = collector
-        self.swapper = swapper
-        self.folder = collector.config.folder
-        self.inbox = self.folder / INBOX
-        self.labelled = self.folder / LABELLED
+        super().__init__(collector, swapper)
         self.models = self.folder / MODELS
         self.num_threads = num_threads
         self.keep = keep
         self._apply = threading.Lock()
-        self._move = threading.Lock()
         self.job: dict = {"state": "idle"}
-
-    # --- review ---------------------------------------------------------------------------------------------------
-    def items(self, limit: int = 60) -> list[dict]:
-        """Collected frames waiting for a label, newest first (their sidecars)."""
-        out = []
-        for sidecar in sorted(self.inbox.glob("*.json"), reverse=True)[:limit]:
-            try:
-                out.append(json.loads(sidecar.read_text()))
-            except (OSError, ValueError):
-                continue  # being moved by another request, or damaged by a power cut: not listed
-        return out
-
-    def image(self, frame_id: str) -> bytes:
-        """The JPEG of an inbox frame."""
-        try:
-            return self._inbox_path(self._check_id(frame_id), ".jpg").read_bytes()
-        except OSError as e:
-            raise Refused(f"no collected frame {frame_id!r}", 404) from e
-
-    def classes(self) -> dict:
-        """The running model's classes and the labelled frames per class."""
-        counts = {}
-        if self.labelled.is_dir():
-            for folder in sorted(p for p in self.labelled.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-                counts[folder.name] = sum(1 for p in folder.iterdir() if p.suffix.lower() == ".jpg")
-        return {"model": list(self.swapper.clf.labels), "labelled": counts}
-
-    def label(self, frame_id: object, label: object) -> dict:
-        """Move an inbox frame into ``labelled/<label>/``."""
-        label = check_class_name(label)
-        frame_id = self._check_id(frame_id)
-        target = self.labelled / label
-        with self._move:
-            jpg, sidecar = self._inbox_path(frame_id, ".jpg"), self._inbox_path(frame_id, ".json")
-            if not jpg.is_file():
-                raise Refused(f"no collected frame {frame_id!r} (labelled or discarded already?)", 404)
-            target.mkdir(parents=True, exist_ok=True)
-            os.replace(jpg, target / jpg.name)  # the image first: a sidecar in the inbox always has its image
-            if sidecar.is_file():
-                os.replace(sidecar, target / sidecar.name)
-        self.collector.reviewed()
-        return {"id": frame_id, "label": label}
-
-    def discard(self, frame_id: object) -> dict:
-        frame_id = self._check_id(frame_id)
-        with self._move:
-            sidecar, jpg = self._inbox_path(frame_id, ".json"), self._inbox_path(frame_id, ".jpg")
-            if not jpg.is_file():
-                raise Refused(f"no collected frame {frame_id!r}", 404)
-            sidecar.unlink(missing_ok=True)  # the sidecar first: it is what lists the frame
-            jpg.unlink(missing_ok=True)
-        self.collector.reviewed()
-        return {"id": frame_id, "discarded": True}
-
-    def _check_id(self, frame_id: object) -> str:
-        if not isinstance(frame_id, str) or not _FRAME_ID.match(frame_id) or frame_id.startswith("."):
-            raise Refused("a frame id is letters, digits, '-', '_' and '.'", 400)
-        return frame_id
-
-    def _inbox_path(self, frame_id: str, suffix: str) -> Path:
-        """``frame_id`` has passed :meth:`_check_id` (no separators, no leading dot): it names a file in the inbox."""
-        return self.inbox / f"{frame_id}{suffix}"
 
     # --- teach ----------------------------------------------------------------------------------------------------
     def teach(self, label: object, frames: object = 20, seconds: object = 4.0) -> dict:
-        label = check_class_name(label)
-        if not isinstance(frames, int) or not 1 <= frames <= 200:
-            raise Refused("frames must be a whole number from 1 to 200")
-        if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 60:
-            raise Refused("seconds must be from 0 to 60")
+        label = self.check_spelling(label)
+        # bool is an int to Python, not a count to a person: {"frames": true} is refused, not read as 1.
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= TEACH_MAX_FRAMES:
+            raise Refused(f"frames must be a whole number from 1 to {TEACH_MAX_FRAMES}, got {str(frames)[:20]}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= TEACH_MAX_SECONDS:
+            raise Refused(f"seconds must be a number from 0 to {TEACH_MAX_SECONDS}, got {str(seconds)[:20]}")
         try:
             return self.collector.capture(label, frames, float(seconds))
         except Refused:
@@ -288,7 +196,8 @@ class FieldLearning:
         base = origin.read_bytes()
         command = [sys.executable, "-m", "edge_app", "learn", "-q", str(self.labelled), "--base", str(origin),
                    "--out", str(out), "--json", "--threads", str(self.num_threads),
-                   "--compare", str(self.swapper.path), "--seed", "0"]
+                   "--compare", str(self.swapper.path), "--seed", "0",
+                   "--overwrite"]  # the candidate of an apply killed before it was installed may be there
         if read_member(base, STATE) is None:
             # A plain classifier keeps its own classes (its final layer) and gains the labelled ones.
             model = graph.read_model(base)

@@ -1,9 +1,11 @@
 """The kiosk page served at ``/`` by :mod:`edge_app.live.web`: one self-contained HTML file.
 
 No CDN, no framework: a farm kiosk is often offline. It polls ``/status`` twice a second and
-shows ``/stream.mjpg``. With ``--learn`` it shows the field loop (review, teach, model: apply and
-undo); the token comes from the link printed at start (``#token=...``, kept in the browser's
-local storage) or is typed once. Every name and label is shown as text, never parsed as HTML.
+shows ``/stream.mjpg``. With ``--learn`` it shows the field loop (review, labelled: move or send
+back, teach, model: apply and undo); the token comes from the link printed at start (``#token=...``,
+kept in the browser's local storage) or is typed once, and goes with every field-loop request, reads
+too: their images are fetched with it and shown from blob URLs (an ``<img src>`` cannot send a
+header). Every name and label is shown as text, never parsed as HTML.
 """
 
 PAGE = b"""<!doctype html>
@@ -19,6 +21,7 @@ PAGE = b"""<!doctype html>
   aside { padding: 1.5rem; display: flex; flex-direction: column; gap: 1rem; }
   #label { font-size: 2.6rem; font-weight: 700; line-height: 1.1; word-break: break-word; }
   #label.uncertain { color: #fb3; }
+  #label.unknown { color: #8cf; }
   .bar { height: .8rem; background: #333; border-radius: .4rem; overflow: hidden; }
   .bar div { height: 100%; width: 0; background: #5c5; transition: width .3s; }
   #score { font-size: 1.4rem; }
@@ -56,11 +59,15 @@ PAGE = b"""<!doctype html>
   <div class="muted" id="device"></div>
 </aside>
 <section id="field" hidden>
-  <nav><button data-tab="review" class="on">Review <span id="waiting"></span></button><button data-tab="teach">Teach</button>
-    <button data-tab="model">Model</button>
+  <nav><button data-tab="review" class="on">Review <span id="waiting"></span></button>
+    <button data-tab="labelled">Labelled</button><button data-tab="teach">Teach</button><button data-tab="model">Model</button>
     <span id="tokenbox" hidden>token <input id="token" size="28" autocomplete="off"> <button id="savetoken">Use</button></span></nav>
   <div id="msg" class="muted"></div>
   <div id="tab-review"><div class="muted" id="paused"></div><div class="grid" id="grid"></div></div>
+  <div id="tab-labelled" hidden>
+    <p class="muted">The newest labelled frames: move one to the right class, or send it back to Review.</p>
+    <div class="muted" id="labelled-total"></div><div class="grid" id="labelled-grid"></div>
+  </div>
   <div id="tab-teach" hidden>
     <p class="muted">Type the class, hold the object in front of the camera, press Capture: the frames over a few
       seconds become examples of that class.</p>
@@ -87,8 +94,9 @@ async function poll() {
     const s = await (await fetch('/status', {cache: 'no-store'})).json();
     $('offline').style.display = 'none';
     if (s.label !== null) {
-      $('label').textContent = s.label;
-      $('label').className = s.uncertain ? 'uncertain' : '';
+      // "unknown": none of the model's classes (its reference photos say so).
+      $('label').textContent = s.unknown ? 'Not something I know' : s.label;
+      $('label').className = s.unknown ? 'unknown' : s.uncertain ? 'uncertain' : '';
       $('bar').style.width = (100 * s.score).toFixed(0) + '%';
       $('score').textContent = (100 * s.score).toFixed(1) + '%';
       $('fps').textContent = s.fps.toFixed(1) + ' FPS, ' + s.latency_ms.toFixed(0) + ' ms, frame ' + s.frame;
@@ -126,7 +134,18 @@ async function act(action, body) {
   if (!r.ok) { say(out.error || r.statusText, false); throw new Error(out.error); }
   return out;
 }
-async function get(route) { const r = await fetch('/api/' + route, {cache: 'no-store'}); return r.json(); }
+async function get(route) {
+  const r = await fetch('/api/' + route, {cache: 'no-store', headers: {'X-Edgecls-Token': token}});
+  if (r.status === 401) { $('tokenbox').hidden = false; }
+  if (!r.ok) { const out = await r.json().catch(() => ({})); say(out.error || r.statusText, false); throw new Error(out.error); }
+  return r.json();
+}
+async function picture(img, url) {  // an <img src> cannot send the token: fetch, then show the blob
+  const r = await fetch(url, {cache: 'no-store', headers: {'X-Edgecls-Token': token}});
+  if (!r.ok) return;
+  img.onload = () => URL.revokeObjectURL(img.src);
+  img.src = URL.createObjectURL(await r.blob());
+}
 let classes = {model: [], labelled: {}};
 async function refreshClasses() {
   classes = await get('classes');
@@ -137,11 +156,11 @@ async function refreshClasses() {
 }
 function card(item) {
   const c = el('div', null, 'card'); c.dataset.id = item.id;
-  const img = el('img'); img.src = '/api/collected/' + encodeURIComponent(item.id) + '.jpg'; img.alt = item.label;
+  const img = el('img'); picture(img, '/api/collected/' + encodeURIComponent(item.id) + '.jpg'); img.alt = item.label;
   const why = {low_score: 'low score', small_margin: 'close call', sample: 'random sample'}[item.why] || item.why;
-  c.append(img, el('div', item.top.slice(0, 3).map(([l, s]) => l + ' ' + pct(s)).join(' \u00b7 ') + ' (' + why + ')', 'muted'));
+  c.append(img, el('div', (item.top || []).slice(0, 3).map(([l, s]) => l + ' ' + pct(s)).join(' \u00b7 ') + ' (' + why + ')', 'muted'));
   const quick = el('div', null, 'row');
-  for (const [l] of item.top.slice(0, 3)) { const b = el('button', l); b.onclick = () => label(item.id, l, c); quick.append(b); }
+  for (const [l] of (item.top || []).slice(0, 3)) { const b = el('button', l); b.onclick = () => label(item.id, l, c); quick.append(b); }
   const other = el('div', null, 'row'); const input = el('input'); input.setAttribute('list', 'classes');
   input.placeholder = 'right class, or a new one'; input.maxLength = 64;
   const ok = el('button', 'Label', 'primary'); ok.onclick = () => input.value.trim() && label(item.id, input.value, c);
@@ -159,6 +178,27 @@ async function refreshReview() {
   const ids = new Set(got.items.map((i) => i.id));
   for (const c of [...$('grid').children]) if (!ids.has(c.dataset.id)) c.remove();
   for (const item of got.items.reverse()) if (!shown.has(item.id)) $('grid').prepend(card(item));
+}
+function labelledCard(item) {
+  const c = el('div', null, 'card'); c.dataset.id = item.id;
+  const img = el('img'); img.alt = item.label;
+  picture(img, '/api/labelled/' + encodeURIComponent(item.label) + '/' + encodeURIComponent(item.id) + '.jpg');
+  const row = el('div', null, 'row'); const input = el('input'); input.setAttribute('list', 'classes');
+  input.value = item.label; input.maxLength = 64;
+  const move = el('button', 'Move', 'primary');
+  move.onclick = async () => { const name = input.value.trim(); if (!name || name === item.label) return;
+    const out = await act('relabel', {id: item.id, label: name}); say('moved to ' + out.label, true);
+    refreshLabelled(); refreshClasses(); };
+  const back = el('button', 'Unlabel');
+  back.onclick = async () => { await act('unlabel', {id: item.id}); c.remove(); say('back to review', true);
+    refreshReview(); refreshClasses(); };
+  row.append(input, move, back);
+  c.append(img, el('div', item.label, 'muted'), row); return c;
+}
+async function refreshLabelled() {
+  const got = await get('labelled');
+  $('labelled-total').textContent = got.total > got.items.length ? 'the newest ' + got.items.length + ' of ' + got.total : '';
+  $('labelled-grid').replaceChildren(...got.items.map(labelledCard));
 }
 function showJob(j) {
   const box = $('job'); box.replaceChildren();
@@ -189,12 +229,14 @@ async function refreshVersions() {
 }
 function tab(name) {
   for (const b of document.querySelectorAll('#field nav button[data-tab]')) b.classList.toggle('on', b.dataset.tab === name);
-  for (const t of ['review', 'teach', 'model']) $('tab-' + t).hidden = t !== name;
+  for (const t of ['review', 'labelled', 'teach', 'model']) $('tab-' + t).hidden = t !== name;
   if (name === 'model') { followJob(); }
   if (name === 'teach') refreshClasses();
+  if (name === 'labelled') { refreshClasses(); refreshLabelled(); }
 }
 for (const b of document.querySelectorAll('#field nav button[data-tab]')) b.onclick = () => tab(b.dataset.tab);
-$('savetoken').onclick = () => { token = $('token').value.trim(); localStorage.setItem('edgecls-token', token); $('tokenbox').hidden = true; say('token saved'); };
+$('savetoken').onclick = () => { token = $('token').value.trim(); localStorage.setItem('edgecls-token', token); $('tokenbox').hidden = true; say('token saved');
+  refreshClasses(); refreshReview(); refreshVersions(); };
 $('capture').onclick = async () => {
   const name = $('teach-label').value.trim(); if (!name) { say('type a class name first', false); return; }
   $('capture').disabled = true; say('capturing ' + name + '\u2026');

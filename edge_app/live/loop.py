@@ -9,6 +9,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge_app.live.config import AppConfig
 from edge_app.runtime.errors import Interrupted
 
@@ -65,7 +67,7 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
                     swapper=None) -> RunStats:
     """Classify until the feed ends or a stop; ``swapper`` (a :class:`~edge_app.live.swap.ModelSwapper`)
     hands over a new model, switched to between two frames."""
-    from edge_app.live.sinks import UNCERTAIN, Result, StopRequested
+    from edge_app.live.sinks import UNCERTAIN, UNKNOWN, Result, StopRequested
     from edge_app.live.smoothing import RateMeter, Smoother
     from edge_app.runtime import preprocess
     from edge_app.runtime.device import cpu_temperature_c
@@ -74,6 +76,8 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
     # Field collection judges a frame by its top two (and keeps the top five beside it).
     ranked = max(config.top_k, 5) if config.collect else config.top_k
     smoother, meter = Smoother(config.smooth, clf.num_classes), RateMeter()
+    # Novelty is smoothed over the same frames, on its own: averaged class scores never hide an unknown scene.
+    novelty_smoother = Smoother(config.smooth, 1)
     stage_ms = {stage: deque(maxlen=STAGE_HISTORY) for stage in STAGES}
     counts: Counter = Counter()
     frames, reopens, shown = 0, 0, None
@@ -95,6 +99,7 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
                 break
             if swapper is not None and swapper.take() is not None:
                 clf, live_input, smoother = _swap(clf, swapper, sinks, config)
+                novelty_smoother.reset()
             t0 = perf()
             try:
                 # Bounded waits: a camera that is reconnecting must not hide --duration or stop.
@@ -118,14 +123,18 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
             if feed.reopens != reopens:
                 reopens = feed.reopens
                 smoother.reset()
+                novelty_smoother.reset()
             scores = smoother.update(clf.scores())
             top = clf.top(scores, ranked)
             best = top[0]
-            label = best.label if best.score >= config.threshold else UNCERTAIN
+            novelty = clf.novelty()
+            if novelty is not None:
+                novelty = float(novelty_smoother.update(np.float32([novelty]))[0])
+            label = UNKNOWN if clf.is_unknown(novelty) else best.label if best.score >= config.threshold else UNCERTAIN
             now = time.time()
             result = Result(frame.index, now, label, best.score, [(c.label, c.score) for c in top[:config.top_k]],
                             (now - frame.t) * 1000, meter.tick(), frame.file,
-                            [(c.label, c.score) for c in top] if ranked > config.top_k else None)
+                            [(c.label, c.score) for c in top] if ranked > config.top_k else None, novelty)
             for sink in sinks:
                 sink.update(frame, result)
             frames += 1

@@ -89,6 +89,7 @@ class MqttLink(Sink):
                       "results_dropped": 0, "connects": 0, "connect_failures": 0}
         self._latest: Result | None = None
         self._frames = 0
+        self._unknown = 0  # frames called "unknown" (none of the model's classes)
         self._reopens = 0
         self._change_pending = False
         self._published_label: str | None = None
@@ -129,6 +130,7 @@ class MqttLink(Sink):
         # Called per frame from the hot loop: store, count, and wake the publisher only on a new label.
         self._latest = result
         self._frames += 1
+        self._unknown += result.unknown
         if not self._change_pending and result.label != self._published_label:
             self._change_pending = True
             self._wake.set()
@@ -198,6 +200,7 @@ class MqttLink(Sink):
         fresh = latest is not None and time.time() - latest.t < max(5.0, 2 * self.status_every_s)
         status = {"device_id": self.device_id, "online": online, "version": self._version(),
                   **self._model, "fps": round(latest.fps, 1) if fresh else 0.0, "frames": self._frames,
+                  "unknown_frames": self._unknown,
                   "uptime_s": round(time.monotonic() - self._started, 1), "reopens": self._reopens,
                   "temperature_c": cpu_temperature_c(), "throttled": throttled(), "t": round(time.time(), 3),
                   "hostname": self._info.get("hostname"), "source": self._info.get("source"),

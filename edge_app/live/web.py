@@ -1,32 +1,26 @@
-"""``--web HOST:PORT``: a kiosk page, a live MJPEG view and ``/status`` JSON, from the standard library.
+"""``--web HOST:PORT``: a kiosk page, a live MJPEG view and ``/status`` JSON, served by aiohttp with limits.
 
-Routes: ``/`` (the page: live view, current label and score, recent history, FPS, device),
-``/status`` (JSON), ``/stream.mjpg`` (``multipart/x-mixed-replace`` MJPEG), ``/frame.jpg``
-(one snapshot). Frames are encoded only while someone watches, at most ``max_fps`` a second,
-once per frame however many viewers; MJPEG sources pass their own JPEG bytes through.
-Bound to 127.0.0.1 unless the user asks for another address with ``--allow-remote``.
-
-With ``--learn`` (see :mod:`edge_app.live.field`) the page gains the field loop: ``GET
-/api/collected``, ``/api/collected/<id>.jpg``, ``/api/classes``, ``/api/job``, ``/api/versions``,
-and ``POST /api/label|discard|teach|apply|undo`` with a JSON body. Every state-changing request
-must be a POST carrying the kiosk token in ``X-Edgecls-Token`` (a header a page on another site
-cannot send without a CORS preflight, which is never granted), with a ``Host`` (and ``Origin``,
-when sent) naming this server.
+The server is an asyncio loop on one daemon thread that the :class:`WebView` owns; the routes are in
+:mod:`edge_app.live.web_routes`. The live loop's ``update``/``event`` calls only store the newest result
+under a lock (and wake MJPEG viewers when there are any): frames are encoded only while someone
+watches, once per frame however many viewers, on a small thread pool that also does the field loop's
+disk work, never on the loop. Bound to 127.0.0.1 unless ``--allow-remote``. Every limit is a named
+constant below.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
-import json
 import logging
-import socket
+import os
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
 
-from edge_app.live.kiosk import PAGE
+from edge_app.live.review import Refused
 from edge_app.live.sinks import Result, Sink
 from edge_app.live.sources import Frame
 from edge_app.runtime.device import device_facts
@@ -36,8 +30,37 @@ log = logging.getLogger("edgecls")
 
 BOUNDARY = "edgeclsframe"
 TOKEN_HEADER = "X-Edgecls-Token"
+ACTIONS = ("label", "discard", "relabel", "unlabel", "teach", "apply", "undo")
+
+# A kiosk has a few browsers of a few connections each (a browser opens at most 6 per host): ten times
+# that is plenty, and each open connection costs the Pi buffers. At the cap, the oldest connection that
+# never completed a request is closed for the new one (a flood of idle sockets cannot lock the page
+# out); when every one is busy, the new one is told 503 and closed at once.
+MAX_CONNECTIONS = 64
+# Each MJPEG viewer costs ~300 kB/s of the device's (often Wi-Fi) uplink and a JPEG per frame sent.
+MAX_VIEWERS = 8
+# Idle keep-alive connections, and connections that never finish their first request (nothing sent, or
+# a header dribbled byte by byte), are closed after this long. The page polls twice a second, so its
+# own connection is never idle this long.
+KEEPALIVE_S = 15.0
+# aiohttp's defaults, made explicit: a browser also sends the cookies of every other app on localhost.
+MAX_LINE_BYTES = MAX_FIELD_BYTES = 8190
+# The largest legitimate body (a label request) is under 1 kB.
 MAX_BODY = 64 * 1024
-ACTIONS = ("label", "discard", "teach", "apply", "undo")
+# 64 kB arrive in milliseconds on any LAN; a body slower than this is someone holding the connection.
+BODY_TIMEOUT_S = 10.0
+# A request whose work (a file move, a listing) takes longer has a stuck disk: it is answered 503.
+HANDLER_TIMEOUT_S = 30.0
+# An MJPEG viewer that stops reading for this long is let go (its frames would pile up in memory).
+WRITE_TIMEOUT_S = 10.0
+# Threads for blocking work: JPEG encoding (cv2 releases the GIL) and the field loop's disk work. One
+# may be held by a teach capture for up to a minute; the others keep the page answering.
+WORKERS = 4
+# close() waits this long for open requests before it cuts them off.
+CLOSE_TIMEOUT_S = 1.0
+_FULL_BODY = b'{"error": "too many open connections to this kiosk; try again in a moment"}'
+FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % len(_FULL_BODY)) + _FULL_BODY
 
 
 def parse_web_address(value: str, allow_remote: bool = False) -> tuple[str, int]:
@@ -75,40 +98,66 @@ def _is_loopback(host: str) -> bool:
 class WebView(Sink):
     """The kiosk web server, as a sink of the live loop.
 
+    Args:
+        host, port: where to listen (port 0: any free port; :attr:`port` tells which).
+        max_fps: MJPEG frames per second per viewer, at most.
+        history: label changes and events kept for the page.
+        allow_remote: answer to any ``Host`` (the address is not a loopback one).
+        token: the kiosk token for actions and field-loop reads (``None``: no ``--learn``).
+        public_view: field-loop reads need no token (``--public-view``).
+        keepalive_s: :data:`KEEPALIVE_S`; tests shorten it.
+
     Example:
         >>> web = WebView("127.0.0.1", 8080)
         >>> web.start({"model": "leaf.tflite"})   # serves until close()
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, history: int = 20,
-                 allow_remote: bool = False, token: str | None = None):
+                 allow_remote: bool = False, token: str | None = None, public_view: bool = False,
+                 keepalive_s: float = KEEPALIVE_S):
         self.max_fps = max_fps
         self.allow_remote = allow_remote
         self.token = token
+        self.public_view = public_view
+        self.keepalive_s = keepalive_s
         self.field = None  # the run's FieldLearning with --learn: the page's review/teach/apply/undo
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # the newest frame and result, written by the live loop
         self._frame: Frame | None = None
+        self._result: Result | None = None
         self._version = 0
-        self._jpeg: tuple[int, bytes] = (-1, b"")
-        self._encode_lock = threading.Lock()
-        self._status: dict = {"label": None, "score": None, "frame": None, "fps": 0.0}
         self._history: deque = deque(maxlen=history)
         self._info: dict = {}
         self._facts: tuple[float, dict] = (0.0, {})
         self._started = time.time()
         self.closed = threading.Event()
-        self.viewers = 0
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+        self.viewers = 0  # changed on the loop only; read by the live loop (frames for the view only when watched)
+        # On the loop only, below:
+        self._jpeg: tuple[int, bytes] = (-1, b"")
+        self._encoding: tuple[int, asyncio.Future] | None = None
+        self._accepting = 0  # connections made by the factory, not yet counted by aiohttp
+        self._unserved: dict = {}  # connection -> when it came, until its first request
+        self._warned: float | None = None
+        self._server = self._runner = self._wake = None
         try:
-            self.server = server_class((host, port), _handler(self))
+            import aiohttp  # noqa: F401 - checked here: a missing server is a setup problem, said in one line
+        except ImportError as e:
+            raise EdgeclsError("--web needs aiohttp, which the [edge] extra installs: pip install 'edgecls[edge]' "
+                               "(or pip install aiohttp)") from e
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="edgecls-web")
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(self.pool)  # getaddrinfo too: no thread outside the pool
+        self._thread = threading.Thread(target=self._serve, name="edgecls-web", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._bind(host, port), self.loop).result()
         except OSError as e:
-            raise EdgeclsError(f"--web {host}:{port}: cannot listen there ({e.strerror}); is another program "
+            self.close()
+            reason = os.strerror(e.errno) if e.errno else e.strerror or str(e)
+            raise EdgeclsError(f"--web {host}:{port}: cannot listen there ({reason}); is another program "
                                "using the port? Choose another, e.g. --web 127.0.0.1:8081") from e
-        self.host, self.port = self.server.server_address[:2]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="edgecls-web", daemon=True)
+        self.host, self.port = self._server.sockets[0].getsockname()[:2]
 
+    # --- who may ask what -----------------------------------------------------------------------------------------
     def host_allowed(self, header: str | None) -> bool:
         """Whether a request's ``Host`` names this server: the bound address or a loopback name.
 
@@ -132,242 +181,223 @@ class WebView(Sink):
         return urlsplit(origin).netloc.lower() == (host or "").strip().lower()
 
     def token_ok(self, given: str | None) -> bool:
-        return bool(self.token) and given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        if not self.token or given is None:
+            return False
+        # surrogateescape: aiohttp decodes header bytes that are not UTF-8 that way; they simply do not match.
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode())
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
+    # --- the live loop's side -------------------------------------------------------------------------------------
     def start(self, info: dict) -> None:
         self._info = {k: v for k, v in info.items() if k != "labels"}  # polled twice a second: no 1000 labels
-        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._server.start_serving(), self.loop).result()
         log.info("web view on %s", self.url)
 
     def update(self, frame: Frame, result: Result) -> None:
-        with self._cond:
-            previous = self._status.get("label")
-            self._status = {"label": result.label, "score": round(result.score, 4), "uncertain": result.uncertain,
-                            "top_k": [{"label": lb, "score": round(s, 4)} for lb, s in result.top_k],
-                            "frame": result.frame, "t": round(result.t, 3), "latency_ms": round(result.latency_ms, 2),
-                            "fps": round(result.fps, 1)}
+        with self._lock:
+            previous = self._result.label if self._result is not None else None
             if result.label != previous:
                 self._history.appendleft({"t": round(result.t, 3), "label": result.label,
                                           "score": round(result.score, 4)})
-            self._frame = frame
+            self._frame, self._result = frame, result
             self._version += 1
-            self._cond.notify_all()
+        if self.viewers and not self.closed.is_set():
+            try:
+                self.loop.call_soon_threadsafe(self._new_frame)
+            except RuntimeError:  # the loop closed between the check and the call: nobody to wake
+                pass
 
     def event(self, name: str, detail: str, **fields) -> None:
-        with self._cond:
+        with self._lock:
             self._history.appendleft({"t": round(time.time(), 3), "event": name, "detail": detail})
             if name == "model_swapped":
                 self._info = {**self._info, "model": fields.get("model"), "model_sha256": fields.get("new_sha256"),
                               "num_classes": fields.get("num_classes")}
 
     def status(self) -> dict:
-        """What ``/status`` returns: the current result, recent label changes, run and device facts."""
+        """What ``/status`` returns: the current result, recent label changes, run and device facts (blocks:
+        reads the device's temperature now and then)."""
         now = time.time()
         if now - self._facts[0] > 10:  # temperature and throttling change; vcgencmd is not free
             self._facts = (now, device_facts())
-        with self._cond:
-            return {**self._status, "history": list(self._history), "uptime_s": round(now - self._started, 1),
+        with self._lock:
+            r = self._result
+            current = {"label": None, "score": None, "frame": None, "fps": 0.0} if r is None else {
+                "label": r.label, "score": round(r.score, 4), "uncertain": r.uncertain, "unknown": r.unknown,
+                "novelty": None if r.novelty is None else round(r.novelty, 4),
+                "top_k": [{"label": lb, "score": round(s, 4)} for lb, s in r.top_k], "frame": r.frame,
+                "t": round(r.t, 3), "latency_ms": round(r.latency_ms, 2), "fps": round(r.fps, 1)}
+            return {**current, "history": list(self._history), "uptime_s": round(now - self._started, 1),
                     "viewers": self.viewers, "run": self._info, "device": self._facts[1],
                     "learn": self.field is not None}
 
-    def jpeg(self, wait_newer_than: int | None = None, timeout: float = 2.0) -> tuple[int, bytes] | None:
+    # --- frames, on the loop --------------------------------------------------------------------------------------
+    def _new_frame(self) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def jpeg(self) -> tuple[int, bytes] | None:
         """``(version, JPEG bytes)`` of the newest frame, encoded once however many viewers ask."""
-        import cv2
-
-        with self._cond:
-            if wait_newer_than is not None:
-                self._cond.wait_for(lambda: self._version > wait_newer_than or self.closed.is_set(), timeout)
+        with self._lock:
             frame, version = self._frame, self._version
-        if frame is None or self.closed.is_set():
+        if frame is None:
             return None
-        with self._encode_lock:
-            if self._jpeg[0] != version:
-                data = frame.jpeg if frame.jpeg is not None and frame.display is None else None
-                if data is None:
-                    ok, encoded = cv2.imencode(".jpg", frame.view_bgr(), [cv2.IMWRITE_JPEG_QUALITY, 80])
-                    if not ok:
-                        return None
-                    data = encoded.tobytes()
-                self._jpeg = (version, data)
+        if self._jpeg[0] == version:
             return self._jpeg
+        if frame.jpeg is not None and frame.display is None:
+            self._jpeg = (version, frame.jpeg)  # an MJPEG source's own bytes: nothing to encode
+            return self._jpeg
+        if self._encoding is None or self._encoding[0] != version:
+            self._encoding = (version, self.loop.run_in_executor(self.pool, _encode, frame))
+        encoding_version, future = self._encoding
+        # shield: a viewer who leaves must not cancel the encoding the other viewers wait for
+        data = await asyncio.shield(future)
+        if data is None:
+            return None
+        if encoding_version > self._jpeg[0]:
+            self._jpeg = (encoding_version, data)
+        return encoding_version, data
 
-    def close(self) -> None:
-        self.closed.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
-
-
-def _handler(view: WebView) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "edgecls"
-
-        def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
-            log.debug("web %s: %s", self.address_string(), format % args)
-
-        def do_GET(self):
-            path = self.path.split("?", 1)[0]
-            if not view.host_allowed(self.headers.get("Host")):
-                self._send(403, "text/plain", b"this kiosk answers only to its own address (or run with --allow-remote)\n")
-                return
+    async def next_jpeg(self, after: int, timeout: float = 2.0) -> tuple[int, bytes] | None:
+        """The newest frame once it is newer than version ``after`` (``None`` after ``timeout`` s without one)."""
+        wake = self._wake  # before the check: a frame that comes in between still sets this one
+        with self._lock:
+            newer = self._version > after
+        if not newer:
             try:
-                if path.startswith("/api/"):
-                    self._api_get(path[len("/api/"):])
-                elif path in ("/", "/index.html"):
-                    self._send(200, "text/html; charset=utf-8", PAGE)
-                elif path == "/status":
-                    self._send(200, "application/json", json.dumps(view.status()).encode())
-                elif path == "/frame.jpg":
-                    got = view.jpeg()
-                    if got is None:
-                        self._send(503, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", got[1])
-                elif path == "/stream.mjpg":
-                    self._stream()
-                else:
-                    self._send(404, "text/plain", b"not found: try / or /status or /stream.mjpg\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the viewer left
+                await asyncio.wait_for(wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+        return await self.jpeg()
 
-        def do_POST(self):
-            path = self.path.split("?", 1)[0]
-            action = path[len("/api/"):] if path.startswith("/api/") else ""
+    async def run(self, work, *args, timeout: float = HANDLER_TIMEOUT_S):
+        """``work(*args)`` on the pool, answered 503 (as :class:`~edge_app.live.review.Refused`) after ``timeout``."""
+        try:
+            return await asyncio.wait_for(self.loop.run_in_executor(self.pool, work, *args), timeout)
+        except asyncio.TimeoutError:
+            raise Refused(f"the kiosk took more than {timeout:g} s on this; it may still finish, look again "
+                          "in a moment", 503) from None
+
+    # --- connections, on the loop ---------------------------------------------------------------------------------
+    async def _bind(self, host: str, port: int) -> None:
+        from aiohttp import web
+
+        from edge_app.live.web_routes import make_app
+
+        self._wake = asyncio.Event()
+        self._runner = web.AppRunner(make_app(self), access_log=None, keepalive_timeout=self.keepalive_s,
+                                     max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES)
+        await self._runner.setup()
+        self._server = await self.loop.create_server(self._connection, host, port, start_serving=False)
+        self.loop.call_later(1.0, self._close_unserved)
+
+    def _connection(self):
+        """The protocol factory: aiohttp's handler for a new connection, unless :data:`MAX_CONNECTIONS` are open."""
+        server = self._runner.server
+        live = [c for c in server.connections if c.transport is not None]
+        if len(live) + self._accepting >= MAX_CONNECTIONS:
+            idle = next((c for c in self._unserved if c.transport is not None), None)
+            self._warn(f"{MAX_CONNECTIONS} connections open, the most it keeps: "
+                       + ("closing the oldest that never sent a request" if idle else "refusing new ones"))
+            if idle is None:
+                return _Full()
+            self._unserved.pop(idle)
+            idle.force_close()
+        self._accepting += 1
+        # Runs just before the new connection's connection_made (both are call_soon, in this order):
+        # from then on aiohttp counts it.
+        self.loop.call_soon(self._accepted)
+        connection = server()
+        self._unserved[connection] = self.loop.time()
+        return connection
+
+    def _accepted(self) -> None:
+        self._accepting -= 1
+
+    def served(self, connection) -> None:
+        """A connection completed a request (the routes' middleware says so): no longer a first-request suspect."""
+        self._unserved.pop(connection, None)
+
+    def _close_unserved(self) -> None:
+        """Once a second: close connections that have not completed a first request in ``keepalive_s``.
+
+        aiohttp's keep-alive timer covers a connection between requests; before the first one only
+        recent aiohttp versions watch it, and a header dribbled a byte a second must not hold it for ever.
+        """
+        if self.closed.is_set():
+            return
+        now, current = self.loop.time(), set(self._runner.server.connections)
+        for connection, since in list(self._unserved.items()):
+            if connection not in current and now - since > 1.0:  # gone (or never made): forget it
+                self._unserved.pop(connection)
+            elif now - since > self.keepalive_s:
+                self._unserved.pop(connection)
+                connection.force_close()
+        self.loop.call_later(1.0, self._close_unserved)
+
+    def _warn(self, message: str) -> None:
+        """At most one warning a minute: a flood of connections is one problem, not thousands of lines."""
+        if self._warned is None or time.monotonic() - self._warned > 60:
+            self._warned = time.monotonic()
+            log.warning("web view: %s", message)
+
+    # --- the thread -----------------------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            # What close() did not end (a request waiting on a stuck disk) is cancelled, not left pending.
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                self.loop.run_until_complete(asyncio.wait(tasks, timeout=0.5))
+            self.loop.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None and self._runner.server is not None:
+            for connection in self._runner.server.connections:
+                connection.force_close()
+        if self._wake is not None:
+            self._wake.set()  # MJPEG viewers waiting for a frame look at `closed` and leave
+        if self._runner is not None:
             try:
-                problem = self._refuse_post(action)
-                if problem:
-                    self._json(problem[0], {"error": problem[1]})
-                    return
-                body = self._body()
-                if body is None:
-                    return
-                from edge_app.live.field import Refused
-
-                try:
-                    done = self._act(action, body)
-                except Refused as e:
-                    self._json(e.status, {"error": str(e)})
-                    return
-                self._json(202 if action == "apply" else 200, done)
-            except (BrokenPipeError, ConnectionResetError):
+                await asyncio.wait_for(self._runner.cleanup(), CLOSE_TIMEOUT_S)
+            except asyncio.TimeoutError:
                 pass
 
-        def _refuse_post(self, action: str) -> tuple[int, str] | None:
-            """Why a state-changing request is refused (HTTP code, message), or ``None``."""
-            host = self.headers.get("Host")
-            if not view.host_allowed(host) or not view.origin_allowed(self.headers.get("Origin"), host):
-                return 403, "this kiosk takes actions only from its own page"
-            if action not in ACTIONS:
-                return 404, f"no action {action!r}; the kiosk takes POST /api/{{{','.join(ACTIONS)}}}"
-            if view.field is None:
-                return 403, "this kiosk runs without --learn: it takes no actions"
-            if not view.token_ok(self.headers.get(TOKEN_HEADER)):
-                return 401, f"a wrong or missing token ({TOKEN_HEADER} header): use the one the kiosk printed at start"
-            return None
-
-        def do_PUT(self):  # noqa: N802 - the stdlib's name
-            self._json(405, {"error": "use POST"}, {"Allow": "POST"})
-
-        do_DELETE = do_PATCH = do_PUT  # noqa: N815
-
-        def _body(self) -> dict | None:
+    def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if self._thread.is_alive():
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY:
-                self._json(413, {"error": f"a request body is at most {MAX_BODY} bytes"})
-                return None
-            if length and not (self.headers.get("Content-Type") or "").startswith("application/json"):
-                self._json(415, {"error": "send JSON (Content-Type: application/json)"})
-                return None
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
-            except ValueError:
-                self._json(400, {"error": "the body is not JSON"})
-                return None
-            if not isinstance(body, dict):
-                self._json(400, {"error": "the body must be a JSON object"})
-                return None
-            return body
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(CLOSE_TIMEOUT_S + 1)
+            except Exception as e:  # closing must finish: the loop is stopped below whatever happened
+                log.debug("web view shutdown: %s", e)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=2)
+        # A teach capture may still hold a worker: it ends on its own; nothing waits for it here.
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
-        def _act(self, action: str, body: dict) -> dict:
-            field = view.field
-            if action == "label":
-                return field.label(body.get("id"), body.get("label"))
-            if action == "discard":
-                return field.discard(body.get("id"))
-            if action == "teach":
-                return field.teach(body.get("label"), body.get("frames", 20), body.get("seconds", 4.0))
-            if action == "apply":
-                return field.apply()
-            return field.undo()
 
-        def _api_get(self, route: str) -> None:
-            field = view.field
-            if route in ACTIONS:
-                self._json(405, {"error": f"/api/{route} changes the kiosk: POST it"}, {"Allow": "POST"})
-            elif field is None:
-                self._json(404, {"error": "the kiosk runs without --learn"})
-            elif route == "collected":
-                self._json(200, {"items": field.items(), "paused": field.collector.paused})
-            elif route.startswith("collected/") and route.endswith(".jpg"):
-                from edge_app.live.field import Refused
+class _Full(asyncio.Protocol):
+    """A connection over :data:`MAX_CONNECTIONS` while every open one is busy: told so, and closed at once."""
 
-                try:
-                    self._send(200, "image/jpeg", field.image(route[len("collected/"):-len(".jpg")]))
-                except Refused as e:
-                    self._json(e.status, {"error": str(e)})
-            elif route == "classes":
-                self._json(200, field.classes())
-            elif route == "job":
-                self._json(200, field.job)
-            elif route == "versions":
-                self._json(200, field.versions())
-            else:
-                self._json(404, {"error": f"no /api/{route}"})
+    def connection_made(self, transport) -> None:
+        transport.write(FULL)
+        transport.close()
 
-        def _json(self, code: int, obj: dict, headers: dict | None = None) -> None:
-            self._send(code, "application/json", json.dumps(obj).encode(), headers)
 
-        def _send(self, code: int, kind: str, body: bytes, headers: dict | None = None) -> None:
-            self.send_response(code)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+def _encode(frame: Frame) -> bytes | None:
+    import cv2
 
-        def _stream(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            with view._cond:
-                view.viewers += 1
-            try:
-                version, period = -1, 1.0 / view.max_fps
-                while not view.closed.is_set():
-                    started = time.monotonic()
-                    got = view.jpeg(wait_newer_than=version)
-                    if got is None or got[0] == version:
-                        continue
-                    version, data = got
-                    self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n")
-                    self.wfile.flush()
-                    view.closed.wait(max(0.0, period - (time.monotonic() - started)))
-            finally:
-                with view._cond:
-                    view.viewers -= 1
-
-    return Handler
+    ok, data = cv2.imencode(".jpg", frame.view_bgr(), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return data.tobytes() if ok else None

@@ -23,6 +23,7 @@ from edge_app.runtime.labels import parse_labels
 
 METADATA_NAME = "edgecls.json"
 LABELS_NAME = "labels.txt"
+REFERENCE_NAME = "novelty.npz"  # see edge_app.runtime.novelty
 TFLITE_IDENTIFIER = b"TFL3"
 EDGETPU_OP = b"edgetpu-custom-op"
 # The largest model file read. Edge classifiers are 1-30 MB (MobileNetV2 fp32: 14 MB, EfficientNet-B0: 21 MB);
@@ -43,6 +44,8 @@ class ModelArtifact:
     #: The file's bytes, kept when asked (``read_artifact(..., keep_bytes=True)``): an interpreter made from them
     #: cannot be hurt by the file being rewritten in place while it runs.
     data: bytes | None = field(default=None, repr=False, compare=False)
+    #: The reference set for ``unknown`` (archive member ``novelty.npz``), when the model carries one.
+    reference: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def sha256(self) -> str | None:
@@ -129,18 +132,18 @@ def read_artifact(model: str | Path, keep_bytes: bool = False, what: str = "mode
     path = Path(model)
     data = read_model_bytes(path, what)
     try:
-        metadata, labels = _read_embedded(data)
+        metadata, labels, reference = _read_embedded(data)
     except (ValueError, KeyError, UnicodeDecodeError, zipfile.LargeZipFile, NotImplementedError) as e:
         raise ModelError(f"{what} {path} carries damaged edgecls metadata ({e}); convert or learn it again") from e
     return ModelArtifact(path=path, metadata=metadata, labels=labels, edgetpu=EDGETPU_OP in data,
-                         data=data if keep_bytes else None)
+                         data=data if keep_bytes else None, reference=reference)
 
 
-def _read_embedded(data: bytes) -> tuple[dict, list[str] | None]:
+def _read_embedded(data: bytes) -> tuple[dict, list[str] | None, bytes | None]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
-        return {}, None
+        return {}, None, None
     with archive:
         names = archive.namelist()
         metadata = json.loads(_member(archive, METADATA_NAME)) if METADATA_NAME in names else {}
@@ -149,7 +152,8 @@ def _read_embedded(data: bytes) -> tuple[dict, list[str] | None]:
         label_names = [metadata["labels_file"]] if metadata.get("labels_file") in names else \
             [n for n in names if n.endswith(".txt")]
         labels = parse_labels(_member(archive, label_names[0]).decode("utf-8-sig")) if label_names else None
-    return metadata, labels or None
+        reference = _member(archive, REFERENCE_NAME) if REFERENCE_NAME in names else None
+    return metadata, labels or None, reference
 
 
 def _member(archive: zipfile.ZipFile, name: str) -> bytes:

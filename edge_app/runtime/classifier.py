@@ -12,9 +12,11 @@ from edge_app.runtime.errors import ModelError
 from edge_app.runtime.images import read_image
 from edge_app.runtime.interpreter import default_num_threads, load_runtime, make_interpreter
 from edge_app.runtime.labels import match_labels, read_labels
+from edge_app.runtime.novelty import KEY, Reference, read_reference
 from edge_app.runtime.postprocess import Classification, output_scores
 from edge_app.runtime.postprocess import top_k as best_classes
 from edge_app.runtime.preprocess import InputSpec, preprocess
+from edge_app.runtime.quant import dequantize
 from edge_app.runtime.rundir import LABELS, resolve_model
 
 log = logging.getLogger("edgecls")
@@ -38,6 +40,7 @@ class ImageClassifier:
             long-running app whose model file may be rewritten in place (the live swap) needs it.
         embedded_labels_first: labels embedded in the model win over ``labels`` (a model swapped in
             brings its own classes).
+        unknown: use the model's reference set, when it carries one, for :meth:`novelty` (``--unknown off``: no).
 
     Attributes:
         labels_source: where the labels came from (a file path, ``embedded``, or ``indices``).
@@ -45,7 +48,7 @@ class ImageClassifier:
 
     def __init__(self, model: str | Path | ModelArtifact, labels: str | Path | None = None, device: str = "cpu",
                  num_threads: int | None = None, mean=None, std=None, center_crop: float | None = None,
-                 in_memory: bool = False, embedded_labels_first: bool = False):
+                 in_memory: bool = False, embedded_labels_first: bool = False, unknown: bool = True):
         if isinstance(model, ModelArtifact):  # already read and checked (the live swap reads once, then decides)
             self.path, self.artifact = model.path, model
         else:
@@ -58,7 +61,9 @@ class ImageClassifier:
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1:
             raise ModelError(f"{self.path} has {len(inputs)} inputs; an image classifier has one")
-        self.input_detail, self.output_detail = inputs[0], outputs[0]
+        self.embedding_detail = self._embedding_output(outputs, strict=unknown)
+        self.input_detail = inputs[0]
+        self.output_detail = next(d for d in outputs if d is not self.embedding_detail)
         out_shape = [int(d) for d in self.output_detail["shape"]]
         if len(out_shape) != 2 or out_shape[0] != 1:
             raise ModelError(f"{self.path} outputs shape {out_shape}; a classifier outputs [1, num_classes]. "
@@ -72,7 +77,28 @@ class ImageClassifier:
         self.labels = self._labels(labels, embedded_labels_first)
         self.probabilities = self.artifact.metadata.get("output") == "probabilities" or None
         self._input = self.spec.new_buffer()
+        self.reference: Reference | None = None
+        if unknown and self.embedding_detail is not None:
+            detail = self.embedding_detail
+            self.reference = read_reference(self.artifact.reference, self.artifact.metadata, self.path.name,
+                                            np.dtype(detail["dtype"]), int(np.prod(detail["shape"])),
+                                            tuple(detail["quantization"]))
 
+    def _embedding_output(self, outputs: list[dict], strict: bool) -> dict | None:
+        """The output carrying the embedding, for a model with a reference set (its metadata names it).
+        ``strict``: a reference set whose output is missing is an error (not with ``--unknown off``)."""
+        info = self.artifact.metadata.get(KEY)
+        if info is None:
+            return None
+        name = info.get("output") if isinstance(info, dict) else None
+        named = [d for d in outputs if d["name"] == name]
+        if (len(outputs) < 2 or not named) and not strict:
+            return None
+        if len(outputs) < 2 or not named:
+            raise ModelError(f"{self.path} carries a damaged reference set for 'unknown' (no output named "
+                             f"{name!r} among its {len(outputs)}); run it with --unknown off, or learn or convert "
+                             "it again")
+        return named[0]
     def _labels(self, labels: str | Path | None, embedded_first: bool) -> list[str]:
         if labels is not None and not (embedded_first and self.artifact.labels):
             self.labels_source = str(labels)
@@ -113,6 +139,25 @@ class ImageClassifier:
         raw = self.interpreter.get_tensor(self.output_detail["index"])
         return output_scores(raw, self.output_detail, self.probabilities)
 
+    def embedding(self, raw: bool = False) -> np.ndarray | None:
+        """The last invoke's embedding output as float32 (``raw``: in the tensor's own type, what a reference set
+        stores), flattened; ``None`` for a model whose metadata names no embedding output."""
+        if self.embedding_detail is None:
+            return None
+        values = self.interpreter.get_tensor(self.embedding_detail["index"]).reshape(-1)
+        return values if raw else dequantize(values, *self.embedding_detail["quantization"])
+
+    def novelty(self) -> float | None:
+        """How unlike the model's reference photos the last invoke's image is (see :mod:`~edge_app.runtime.novelty`);
+        ``None`` for a model without a reference set (or with ``unknown=False``)."""
+        if self.reference is None:
+            return None
+        return self.reference.score(self.embedding())
+
+    def is_unknown(self, novelty: float | None) -> bool:
+        """Whether ``novelty`` (from :meth:`novelty`) says the image is none of the model's classes."""
+        return novelty is not None and self.reference.is_unknown(novelty)
+
     def top(self, scores: np.ndarray, top_k: int = 5, score_threshold: float = 0.0) -> list[Classification]:
         """The best ``top_k`` classes of ``scores``, ties to the lower class index (see :func:`top_k`)."""
         return [Classification(i, s, self.labels[i]) for i, s in best_classes(scores, top_k, score_threshold)]
@@ -135,4 +180,7 @@ class ImageClassifier:
             "input": {"size": [self.spec.height, self.spec.width, self.spec.channels],
                       "dtype": np.dtype(self.spec.dtype).name},
             "num_classes": self.num_classes,
+            "unknown": None if self.reference is None else
+            {"threshold": self.reference.threshold, "references": len(self.reference.labels), "k": self.reference.k,
+             "accept": self.reference.accept},
         }

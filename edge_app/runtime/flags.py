@@ -3,6 +3,7 @@
 ``--mean``/``--std``: one value, or one per channel separated by commas (``--mean 127.5``,
 ``--std 58.4,57.1,57.4``), on ``classify``, ``run``, ``bench`` and ``convert`` alike.
 ``--threads N``: interpreter threads, from 1 up to the machine's cores.
+``--unknown on|off`` (classify, run, convert), ``--unknown-accept F`` and ``--unknown-check DIR`` (learn, convert).
 """
 
 from __future__ import annotations
@@ -53,3 +54,17 @@ def add_max_pixels(parser: argparse.ArgumentParser) -> None:
 def add_threads(parser: argparse.ArgumentParser, help: str = "interpreter threads (default: all cores, at most 4)"):
     """``--threads N`` into ``num_threads``."""
     parser.add_argument("--threads", dest="num_threads", type=thread_count, metavar="N", help=help)
+
+
+def add_unknown(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--unknown on|off`` into ``unknown`` ("on"/"off"): whether a model's reference set is used (made)."""
+    parser.add_argument("--unknown", choices=("on", "off"), default="on", help=help)
+
+
+def add_unknown_calibration(parser: argparse.ArgumentParser) -> None:
+    """``--unknown-accept F`` and ``--unknown-check DIR``: how a reference set's threshold is set, and checked."""
+    parser.add_argument("--unknown-accept", type=float, default=0.95, metavar="F",
+                        help="'unknown': the share of held-out photos of the classes its threshold accepts")
+    parser.add_argument("--unknown-check", default=None, metavar="DIR",
+                        help="photos of things that are none of the classes: report how many are called unknown, "
+                             "beside the max softmax probability")

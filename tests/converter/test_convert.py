@@ -75,7 +75,8 @@ def test_int8_is_full_integer_with_uint8_io(converted):
     assert int8["graph"]["full_integer"] is True and int8["graph"]["float_tensors"] == 0
     # Calibration is pinned to the full pixel range: one uint8 step per pixel value, copied straight in.
     assert int8["io"] == {"input": "uint8", "output": "uint8", "input_quantization": [1.0, 0.0]}
-    assert int8["graph"]["input_types"] == ["UINT8"] and int8["graph"]["output_types"] == ["UINT8"]
+    # Scores in uint8; the second output is the pooled embedding in its own int8 (what 'unknown' reads).
+    assert int8["graph"]["input_types"] == ["UINT8"] and int8["graph"]["output_types"] == ["UINT8", "INT8"]
     fp32 = next(v for v in report["variants"] if v["quant"] == "fp32")
     assert fp32["graph"]["full_integer"] is False
     assert int8["size_bytes"] < fp32["size_bytes"]

@@ -70,8 +70,8 @@ def test_hard_swish_stays_float_for_the_cpu_and_integer_for_the_edge_tpu(tmp_pat
     tpu = json.loads((out / "conversion.json").read_text())["edgetpu"]
     assert tpu["status"] == "compiler_not_found" and "model_int8_full.tflite" in tpu["message"]
     assert "HARD_SWISH" in (out / "conversion.md").read_text()
-    sizes = int8["size_breakdown"]  # inner tensor names stripped; where the rest goes is reported
-    assert sizes["tensor_names"] < 100 and sizes["weights_int8"] > 0 and sizes["quantization_params"] > 0
+    sizes = int8["size_breakdown"]  # inner names stripped (the input and two outputs keep theirs)
+    assert sizes["tensor_names"] < 200 and sizes["weights_int8"] > 0 and sizes["quantization_params"] > 0
     assert sum(v for k, v in sizes.items() if k != "total") == sizes["total"] == int8["size_bytes"]
     assert ImageClassifier(out / "model_int8.tflite", num_threads=1).labels == LABELS
 

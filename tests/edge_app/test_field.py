@@ -14,7 +14,7 @@ import pytest
 from support import IMAGENET_MODEL, IMAGES, REPO, TOKEN, Kiosk, free_port, run_cli, running_kiosk, write_video
 
 from edge_app.live.app import AppConfig, run
-from edge_app.live.field import Refused, check_class_name
+from edge_app.live.review import Refused, check_class_name
 from edge_app.live.web import WebView
 from edge_app.runtime.artifact import read_artifact
 
@@ -111,7 +111,8 @@ def test_without_learn_the_page_takes_no_actions(shared):
 def test_class_names_are_checked():
     assert check_class_name("  late   blight ") == "late blight"
     assert check_class_name("<b>mold") == "<b>mold"  # allowed: the page shows names as text, never as HTML
-    for bad in ("a/b", "a\\b", ".x", "_x", "x\x07y", "", "Uncertain", None):
+    assert check_class_name("\U0001F342" * 50) == "\U0001F342" * 50  # 200 bytes: a folder name still fits
+    for bad in ("a/b", "a\\b", ".x", "_x", "x\x07y", "", "Uncertain", None, "\U0001F342" * 51, "\ud800"):
         with pytest.raises(Refused):
             check_class_name(bad)
 

@@ -30,7 +30,10 @@ def test_review_teach_apply_and_undo_in_a_real_browser(tmp_path):
         cards = page.locator("#grid .card")
         cards.first.wait_for(timeout=30_000)
 
-        # Review: label one frame by typing, one as a hostile-looking name, discard one.
+        # Review: the pictures come with the token (fetched, shown from blob URLs); label one frame by
+        # typing, one as a hostile-looking name, discard one.
+        page.wait_for_function("document.querySelector('#grid .card img').naturalWidth > 0")
+        assert page.locator("#grid .card img").first.get_attribute("src").startswith("blob:")
         first = cards.first
         first.locator("input").fill(NEW)
         first.locator("button", has_text="Label").click()
@@ -51,6 +54,25 @@ def test_review_teach_apply_and_undo_in_a_real_browser(tmp_path):
                                timeout=30_000)
         assert HOSTILE in page.locator("#counts").inner_text()  # shown as text ...
         assert page.evaluate("window.pwned") is None              # ... never run as HTML
+
+        # Labelled: the newest frames, their pictures fetched with the token; move one, send one back.
+        labelled = tmp_path / "field" / "labelled"
+        page.click("#field nav button[data-tab=labelled]")
+        shown = page.locator("#labelled-grid .card")
+        shown.first.wait_for(timeout=30_000)
+        page.wait_for_function("document.querySelector('#labelled-grid .card img').naturalWidth > 0")
+        moved = shown.first.get_attribute("data-id")
+        shown.first.locator("input").fill(HOSTILE)
+        shown.first.locator("button", has_text="Move").click()
+        page.wait_for_function("document.getElementById('msg').textContent.startsWith('moved to <img')")
+        assert (labelled / HOSTILE / f"{moved}.jpg").is_file()
+        page.wait_for_function("name => document.querySelector('#labelled-grid .card .muted').textContent === name",
+                               arg=HOSTILE)  # the list came back with the move in it
+        back = shown.nth(1).get_attribute("data-id")
+        page.locator(f"#labelled-grid .card[data-id='{back}'] button", has_text="Unlabel").click()
+        page.wait_for_function("document.getElementById('msg').textContent === 'back to review'")
+        assert (tmp_path / "field" / "inbox" / f"{back}.jpg").is_file()
+        assert page.evaluate("window.pwned") is None
 
         # Model: apply, see the two accuracies, the live label change; then undo.
         page.click("#field nav button[data-tab=model]")

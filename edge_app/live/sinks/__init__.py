@@ -1,10 +1,10 @@
 """Sinks: where the live loop's results go (see :mod:`edge_app.live.sinks.base`)."""
 
-from edge_app.live.sinks.base import UNCERTAIN, Result, Sink, StopRequested
+from edge_app.live.sinks.base import UNCERTAIN, UNKNOWN, UNKNOWN_TEXT, Result, Sink, StopRequested
 from edge_app.live.sinks.jsonl import JsonlLog
 from edge_app.live.sinks.saver import FrameSaver
 from edge_app.live.sinks.window import OverlayWindow, draw_overlay
 from edge_app.runtime.errors import DisplayError
 
-__all__ = ["UNCERTAIN", "DisplayError", "FrameSaver", "JsonlLog", "OverlayWindow", "Result", "Sink", "StopRequested",
+__all__ = ["UNCERTAIN", "UNKNOWN", "UNKNOWN_TEXT", "DisplayError", "FrameSaver", "JsonlLog", "OverlayWindow", "Result", "Sink", "StopRequested",
            "draw_overlay"]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from edge_app.live.sources import Frame
 
 UNCERTAIN = "uncertain"
+UNKNOWN = "unknown"  # none of the model's classes (its reference set says so); checked before UNCERTAIN
+UNKNOWN_TEXT = "Not something I know"  # what a person reads for it (overlay, kiosk page)
 
 
 class StopRequested(Exception):
@@ -30,6 +32,8 @@ class Result:
         fps: classified frames per second over the last second or so.
         file: the image file of a folder source.
         ranked: the best five ``[(label, score)]`` when field collection needs more than ``top_k``.
+        novelty: how unlike the model's reference photos the frame is (smoothed like the scores), for a model
+            with a reference set; above its threshold the label is ``unknown``.
     """
 
     frame: int
@@ -41,15 +45,22 @@ class Result:
     fps: float = 0.0
     file: str | None = None
     ranked: list[tuple[str, float]] | None = None
+    novelty: float | None = None
 
     @property
     def uncertain(self) -> bool:
         return self.label == UNCERTAIN
 
+    @property
+    def unknown(self) -> bool:
+        return self.label == UNKNOWN
+
     def record(self, with_top_k: bool = False) -> dict:
         """The log line (DESIGN.md schema), plus ``top_k`` when more than one was asked for."""
         record = {"frame": self.frame, "t": round(self.t, 3), "label": self.label, "score": round(self.score, 4),
                   "latency_ms": round(self.latency_ms, 2), "fps": round(self.fps, 1)}
+        if self.novelty is not None:
+            record["novelty"] = round(self.novelty, 4)
         if self.file is not None:
             record["file"] = self.file
         if with_top_k:

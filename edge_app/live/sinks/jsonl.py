@@ -26,7 +26,8 @@ class JsonlLog(Sink):
     a line; flushing every line would cost a system call per frame.
 
     Line kinds: the first line of every file is ``{"header": {...}}`` (device facts, model,
-    source); per classified frame ``{"frame", "t", "label", "score", "latency_ms", "fps"}``;
+    source); per classified frame ``{"frame", "t", "label", "score", "latency_ms", "fps"}`` (+ ``novelty``
+    for a model with a reference set; ``label`` is ``unknown`` above its threshold);
     ``{"event": "source_lost" | "source_reopened", "t", "detail"}`` when a camera drops out.
     At ``max_bytes`` the file becomes ``FILE.1`` (``FILE.1`` → ``FILE.2`` …, ``backups`` kept).
 

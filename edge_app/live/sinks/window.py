@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from edge_app.live.sinks.base import Result, Sink, StopRequested
+from edge_app.live.sinks.base import UNKNOWN_TEXT, Result, Sink, StopRequested
 from edge_app.live.sources import Frame
 from edge_app.runtime.errors import DisplayError
 
@@ -52,8 +52,8 @@ def draw_overlay(image, result: Result) -> None:
     scale = max(0.5, w / 900)
     band = int(40 * scale)
     cv2.rectangle(image, (0, 0), (w, band), (0, 0, 0), -1)
-    color = (0, 200, 255) if result.uncertain else (80, 255, 80)
-    text = f"{result.label}  {result.score:.0%}"
+    color = (0, 200, 255) if result.uncertain else (255, 160, 80) if result.unknown else (80, 255, 80)
+    text = UNKNOWN_TEXT if result.unknown else f"{result.label}  {result.score:.0%}"
     cv2.putText(image, text, (10, int(band * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 2, cv2.LINE_AA)
     fps = f"{result.fps:.1f} FPS"
     (tw, _), _ = cv2.getTextSize(fps, cv2.FONT_HERSHEY_SIMPLEX, scale * 0.8, 1)

@@ -1,0 +1,146 @@
+"""Every converted variant says ``unknown``: the trained model's pooled features as a second output, and a
+reference set computed with the variant itself.
+
+- **Graph**: the tensor that feeds the final FULLY_CONNECTED (the pooled features of a trained model) becomes a
+  second output before the variant is proven (:func:`with_embedding_output`, the graph surgery ``edgecls learn``
+  uses, on the flatbuffer): the scores are computed as before, and one invoke gives both.
+- **Reference set** (:func:`attach`): the run's train split through the runtime's decode and pre-processing and
+  the variant's own embedding (the int8 variant's set is int8, computed with the int8 model), up to
+  ``novelty.PER_CLASS`` per class chosen to cover the class; the threshold accepts ``--unknown-accept`` of the val
+  split (without one, of the reference photos each left out of its own neighbours); checked on the test split
+  (known accepted, accuracy among accepted) and, with ``--unknown-check DIR``, on photos of none of the classes,
+  beside the max softmax probability.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from converter.graph import size_breakdown
+from edge_app.learn import graph, rewrite
+from edge_app.runtime import (
+    ImageClassifier,
+    ModelArtifact,
+    embed_metadata,
+    list_images,
+    novelty,
+    read_artifact,
+)
+from edge_app.runtime.errors import DataError, ImageError, ModelError
+from edge_app.runtime.files import write_bytes, write_json
+from edge_app.runtime.progress import progress
+
+log = logging.getLogger("edgecls")
+
+POOL_PER_CLASS = 200  # train photos per class embedded for the reference set to be chosen from
+
+
+def with_embedding_output(data: bytes) -> bytes:
+    """``data`` with the classifier's embedding as a second output; ``data`` itself when no FULLY_CONNECTED /
+    1x1 CONV_2D classifier is found (a model from elsewhere: it converts as before, without ``unknown``)."""
+    model = graph.read_model(data)
+    try:
+        embedding = graph.find_embedding(model)
+    except ModelError as e:
+        log.info("no embedding found for 'unknown' (%s): the variants will not say it", e)
+        return data
+    if embedding.classifier is None:
+        return data
+    return rewrite.with_output(model, embedding)
+
+
+def attach(variant: dict, train: list, val: list, test: list, config, threads: int) -> dict | None:
+    """Compute, check and embed the reference set of one written variant; returns its report (``None`` when the
+    variant has no embedding output). ``train``/``val``/``test``: ``(path, class index)`` items."""
+    path = Path(variant["path"])
+    artifact = read_artifact(path, keep_bytes=True)
+    model = graph.read_model(artifact.data)
+    outputs = model.subgraphs[0].outputs
+    if len(outputs) < 2:
+        return None
+    name = _name(model, int(outputs[1]))
+    placeholder = {**artifact.metadata, novelty.KEY: novelty.spec(0.0, config.unknown_accept, name, 0, "")}
+    clf = ImageClassifier(ModelArtifact(path, placeholder, artifact.labels, artifact.edgetpu, artifact.data),
+                          num_threads=threads, unknown=False)
+    train = _per_class(train, POOL_PER_CLASS, config.seed)
+    train_p, train_raw, train_y = _run(clf, train, f"{path.name}: reference set")
+    if len(train_raw) < 2:
+        raise DataError(f"{path.name}: fewer than two readable training photos to make its reference set from")
+    val_p, val_raw, val_y = _run(clf, val, f"{path.name}: calibration") if val else (None, None, None)
+    unit_train = novelty.unit_rows(_float(clf, train_raw))
+    fitted = novelty.fit(unit_train, train_y, config.unknown_accept,
+                         None if val_raw is None else novelty.unit_rows(_float(clf, val_raw)))
+    reference = unit_train[fitted.chosen]
+    report: dict = {"enabled": True, "accept": config.unknown_accept, "threshold": round(fitted.threshold, 6),
+                    "references": int(len(fitted.chosen)), "k": fitted.k, "calibrated_on": fitted.calibrated_on}
+    known = None
+    if test:
+        test_p, test_raw, test_y = _run(clf, test, f"{path.name}: check")
+        known = novelty.knn_novelty(reference, novelty.unit_rows(_float(clf, test_raw)), fitted.k)
+        report["test"] = novelty.acceptance(known, fitted.threshold, test_p.argmax(1) == test_y)
+    if config.unknown_check is not None and known is not None:
+        items = [(p, -1) for p in list_images(config.unknown_check, recursive=True)]
+        if not items:
+            raise DataError(f"--unknown-check {config.unknown_check} holds no images (jpg, png, bmp, webp)")
+        other_p, other_raw, _ = _run(clf, items, f"{path.name}: --unknown-check")
+        ours = novelty.knn_novelty(reference, novelty.unit_rows(_float(clf, other_raw)), fitted.k)
+        report["check"] = {"folder": str(config.unknown_check),
+                           **novelty.compare_with_max_softmax(known, ours, fitted.threshold, test_p, other_p,
+                                                              config.unknown_accept)}
+    member = novelty.pack(train_raw[fitted.chosen], train_y[fitted.chosen])
+    report["reference_bytes"] = len(member)
+    metadata = {**artifact.metadata, novelty.KEY: novelty.spec(fitted.threshold, config.unknown_accept, name,
+                                                               len(fitted.chosen), fitted.calibrated_on, fitted.k,
+                                                               fitted.per_class)}
+    write_bytes(path, embed_metadata(artifact.data, metadata, artifact.labels, {novelty.MEMBER: member}))
+    write_json(path.with_suffix(".json"), {**metadata, "labels": artifact.labels})
+    variant["size_bytes"] = path.stat().st_size
+    variant["size_breakdown"] = size_breakdown(path.read_bytes())
+    log.info("%s: 'unknown' above novelty %.3f (%d reference photos, %.0f kB; accepts %.0f%% of %s)%s", path.name,
+             fitted.threshold, len(fitted.chosen), len(member) / 1e3, 100 * config.unknown_accept,
+             fitted.calibrated_on, "" if "check" not in report else
+             f"; --unknown-check: {100 * report['check']['knn']['unknown_rejected']:.0f}% called unknown "
+             f"(max softmax: {100 * report['check']['max_softmax']['unknown_rejected']:.0f}%)")
+    return report
+
+
+def _run(clf: ImageClassifier, items: list, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probabilities [N, C], raw embeddings [N, D], labels [N])`` of the readable images, as the device runs them."""
+    scores, embeddings, labels = [], [], []
+    for path, label in progress(items, desc=desc, unit="img", leave=False, disable=len(items) < 50):
+        try:
+            clf.set_input(clf.read_image(path))
+        except ImageError as e:
+            log.warning("skipping %s", e)
+            continue
+        clf.invoke()
+        scores.append(clf.scores().copy())
+        embeddings.append(clf.embedding(raw=True).copy())
+        labels.append(label)
+    width = int(np.prod(clf.embedding_detail["shape"]))
+    return (np.array(scores, np.float32).reshape(-1, clf.num_classes),
+            np.array(embeddings).reshape(-1, width).astype(clf.embedding_detail["dtype"]), np.array(labels, np.int64))
+
+
+def _float(clf: ImageClassifier, raw: np.ndarray) -> np.ndarray:
+    from edge_app.runtime.quant import dequantize
+
+    return dequantize(raw, *clf.embedding_detail["quantization"])
+
+
+def _per_class(items: list, limit: int, seed: int) -> list:
+    """At most ``limit`` items per class, a seeded sample (the reference set is chosen from them)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label in sorted({label for _, label in items}):
+        members = [item for item in items if item[1] == label]
+        out += [members[i] for i in sorted(rng.permutation(len(members))[:limit])]
+    return out
+
+
+def _name(model, index: int) -> str:
+    name = model.subgraphs[0].tensors[index].name
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -1,0 +1,238 @@
+"""The kiosk's routes, as aiohttp handlers over a :class:`~edge_app.live.web.WebView`.
+
+``/`` (the page: live view, current label and score, recent history, FPS, device), ``/status`` (JSON),
+``/stream.mjpg`` (``multipart/x-mixed-replace`` MJPEG at most ``max_fps``), ``/frame.jpg`` (one
+snapshot). With ``--learn`` (see :mod:`edge_app.live.field`) the field loop: ``GET /api/collected``,
+``/api/collected/<id>.jpg``, ``/api/labelled``, ``/api/labelled/<class>/<id>.jpg``, ``/api/classes``,
+``/api/job``, ``/api/versions`` (these need the kiosk token too, unless the run has ``--public-view``),
+and ``POST /api/label|discard|relabel|unlabel|teach|apply|undo`` with a JSON body. Every state-changing
+request must be a POST carrying the kiosk token in ``X-Edgecls-Token`` (a header a page on another site
+cannot send without a CORS preflight, which is never granted), with a ``Host`` (and ``Origin``, when
+sent) naming this server.
+
+One handler takes every path and method and dispatches in the order the checks must run (the
+``Host`` before anything, the token before a field-loop read, the body's size and type before it is
+parsed). Every answer is JSON except the page, the frames and the few plain-text answers a browser
+shows as they are. Anything a handler did not expect becomes a 500 with a one-line reason (the
+traceback goes to the debug log): the server answers the next request as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from edge_app.live.field import TEACH_MAX_SECONDS
+from edge_app.live.kiosk import PAGE
+from edge_app.live.review import Refused
+from edge_app.live.web import (
+    ACTIONS,
+    BODY_TIMEOUT_S,
+    BOUNDARY,
+    HANDLER_TIMEOUT_S,
+    MAX_BODY,
+    MAX_VIEWERS,
+    TOKEN_HEADER,
+    WRITE_TIMEOUT_S,
+)
+from edge_app.runtime.errors import first_line
+
+log = logging.getLogger("edgecls")
+
+
+def make_app(view) -> web.Application:
+    """The aiohttp application of ``view``: one dispatcher behind the error middleware, bodies capped at 64 kB."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_answer_errors(view)])
+    app.router.add_route("*", "/{path:.*}", Routes(view).dispatch)
+    return app
+
+
+def _answer_errors(view):
+    @web.middleware
+    async def answer_errors(request: web.Request, handler) -> web.StreamResponse:
+        view.served(request.protocol)
+        try:
+            return await handler(request)
+        except Refused as e:
+            return _json(e.status, {"error": str(e)})
+        except web.HTTPException:
+            raise
+        except Exception as e:  # an answer, never a dropped connection; the traceback for whoever debugs
+            log.debug("web view: %s %s failed", request.method, request.path, exc_info=True)
+            return _json(500, {"error": f"the kiosk failed on {request.method} {request.path[:100]}: "
+                                        f"{type(e).__name__}: {first_line(e)[:200]} (run with -v for the details)"})
+
+    return answer_errors
+
+
+def _json(code: int, obj: dict, headers: dict | None = None) -> web.Response:
+    return _send(code, "application/json", json.dumps(obj).encode(), headers)
+
+
+def _send(code: int, kind: str, body: bytes, headers: dict | None = None) -> web.Response:
+    return web.Response(status=code, body=body, headers={**(headers or {}), "Content-Type": kind,
+                                                         "Cache-Control": "no-store"})
+
+
+class Routes:
+    def __init__(self, view):
+        self.view = view
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            return await self.get(request)
+        if request.method == "POST":
+            return await self.post(request)
+        if request.method in ("PUT", "DELETE", "PATCH"):
+            return _json(405, {"error": "use POST"}, {"Allow": "POST"})
+        return _json(405, {"error": f"{request.method} is not served here: GET reads, POST acts"},
+                     {"Allow": "GET, POST"})
+
+    # --- reads ----------------------------------------------------------------------------------------------------
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        view, path, raw = self.view, request.path, request.rel_url.raw_path
+        if not view.host_allowed(request.headers.get("Host")):
+            return _send(403, "text/plain", b"this kiosk answers only to its own address (or run with --allow-remote)\n")
+        if raw.startswith("/api/"):
+            return await self.api_get(request, raw[len("/api/"):])
+        if path in ("/", "/index.html"):
+            return _send(200, "text/html; charset=utf-8", PAGE)
+        if path == "/status":
+            return _json(200, await view.run(view.status))
+        if path == "/frame.jpg":
+            got = await view.jpeg()
+            return _send(503, "text/plain", b"no frame yet\n") if got is None else _send(200, "image/jpeg", got[1])
+        if path == "/stream.mjpg":
+            return await self.stream(request)
+        return _send(404, "text/plain", b"not found: try / or /status or /stream.mjpg\n")
+
+    async def api_get(self, request: web.Request, route: str) -> web.Response:
+        view = self.view
+        field = view.field
+        if route in ACTIONS:
+            return _json(405, {"error": f"/api/{route} changes the kiosk: POST it"}, {"Allow": "POST"})
+        if field is None:
+            return _json(404, {"error": "the kiosk runs without --learn"})
+        if not view.public_view and not view.token_ok(request.headers.get(TOKEN_HEADER)):
+            return _json(401, {"error": f"the field loop's pages need the kiosk token ({TOKEN_HEADER} header; "
+                                        "the run can make them public with --public-view)"})
+        # Split before decoding: a class name's %2F must not become a path separator.
+        parts = [unquote(part) for part in route.split("/")]
+        if parts == ["collected"]:
+            return _json(200, await view.run(lambda: {"items": field.items(), "paused": field.collector.paused}))
+        if len(parts) == 2 and parts[0] == "collected" and parts[1].endswith(".jpg"):
+            return _send(200, "image/jpeg", await view.run(field.image, parts[1][:-len(".jpg")]))
+        if parts == ["labelled"]:
+            return _json(200, await view.run(field.labelled_items))
+        if len(parts) == 3 and parts[0] == "labelled" and parts[2].endswith(".jpg"):
+            return _send(200, "image/jpeg", await view.run(field.labelled_image, parts[1], parts[2][:-len(".jpg")]))
+        if parts == ["classes"]:
+            return _json(200, await view.run(field.classes))
+        if parts == ["job"]:
+            return _json(200, dict(field.job))
+        if parts == ["versions"]:
+            return _json(200, await view.run(field.versions))
+        return _json(404, {"error": f"no /api/{route[:100]}"})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """MJPEG at most ``max_fps``: each part is the newest frame, sent once a newer one than the last exists."""
+        view, loop = self.view, asyncio.get_running_loop()
+        if view.viewers >= MAX_VIEWERS:
+            return _json(503, {"error": f"{MAX_VIEWERS} viewers already watch this kiosk, the most it serves; "
+                                        "close one, or poll /frame.jpg"})
+        view.viewers += 1
+        response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                                               "Cache-Control": "no-store"})
+        try:
+            await response.prepare(request)
+            version, period = -1, 1.0 / view.max_fps
+            while not view.closed.is_set() and request.transport is not None and not request.transport.is_closing():
+                started = loop.time()
+                got = await view.next_jpeg(version)
+                if got is None or got[0] == version:
+                    continue
+                version, data = got
+                part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                        + data + b"\r\n")
+                await asyncio.wait_for(response.write(part), WRITE_TIMEOUT_S)
+                await asyncio.sleep(max(0.0, period - (loop.time() - started)))
+        except asyncio.TimeoutError:  # stopped reading: its frames would pile up here
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the viewer left
+        except Exception:  # the headers are sent: no 500 can follow, so the stream just ends
+            log.debug("web view: an MJPEG stream failed", exc_info=True)
+        finally:
+            view.viewers -= 1
+        return response
+
+    # --- actions --------------------------------------------------------------------------------------------------
+    async def post(self, request: web.Request) -> web.Response:
+        path = request.path
+        action = path[len("/api/"):] if path.startswith("/api/") else ""
+        problem = self._refuse_post(request, action)
+        if problem:
+            return _json(problem[0], {"error": problem[1]})
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        # A teach waits for its frames (up to a minute): its deadline is that much longer.
+        timeout = HANDLER_TIMEOUT_S + (TEACH_MAX_SECONDS if action == "teach" else 0)
+        done = await self.view.run(self._act, action, body, timeout=timeout)
+        return _json(202 if action == "apply" else 200, done)
+
+    def _refuse_post(self, request: web.Request, action: str) -> tuple[int, str] | None:
+        """Why a state-changing request is refused (HTTP code, message), or ``None``."""
+        view, host = self.view, request.headers.get("Host")
+        if not view.host_allowed(host) or not view.origin_allowed(request.headers.get("Origin"), host):
+            return 403, "this kiosk takes actions only from its own page"
+        if action not in ACTIONS:
+            return 404, f"no action {action[:100]!r}; the kiosk takes POST /api/{{{','.join(ACTIONS)}}}"
+        if view.field is None:
+            return 403, "this kiosk runs without --learn: it takes no actions"
+        if not view.token_ok(request.headers.get(TOKEN_HEADER)):
+            return 401, f"a wrong or missing token ({TOKEN_HEADER} header): use the one the kiosk printed at start"
+        return None
+
+    async def _body(self, request: web.Request) -> dict | web.Response:
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return _json(413, {"error": f"a request body is at most {MAX_BODY} bytes"})
+        if request.body_exists and not request.headers.get("Content-Type", "").startswith("application/json"):
+            return _json(415, {"error": "send JSON (Content-Type: application/json)"})
+        try:
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+        except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the cap
+            return _json(413, {"error": f"a request body is at most {MAX_BODY} bytes"})
+        except asyncio.TimeoutError:
+            response = _json(408, {"error": f"the body did not arrive within {BODY_TIMEOUT_S:g} s"})
+            response.force_close()
+            return response
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, RecursionError):  # RecursionError: 60 kB of '[' nest deeper than Python recurses
+            return _json(400, {"error": "the body is not JSON"})
+        if not isinstance(body, dict):
+            return _json(400, {"error": "the body must be a JSON object"})
+        return body
+
+    def _act(self, action: str, body: dict) -> dict:
+        """On the pool: the field loop moves files and waits for frames."""
+        field = self.view.field
+        if action == "label":
+            return field.label(body.get("id"), body.get("label"))
+        if action == "discard":
+            return field.discard(body.get("id"))
+        if action == "relabel":
+            return field.relabel(body.get("id"), body.get("label"))
+        if action == "unlabel":
+            return field.unlabel(body.get("id"))
+        if action == "teach":
+            return field.teach(body.get("label"), body.get("frames", 20), body.get("seconds", 4.0))
+        if action == "apply":
+            return field.apply()
+        return field.undo()
