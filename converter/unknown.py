@@ -5,8 +5,8 @@ reference set computed with the variant itself.
   second output before the variant is proven (:func:`with_embedding_output`, the graph surgery ``edgecls learn``
   uses, on the flatbuffer): the scores are computed as before, and one invoke gives both.
 - **Reference set** (:func:`attach`): the run's train split through the runtime's decode and pre-processing and
-  the variant's own embedding (the int8 variant's set is int8, computed with the int8 model), up to
-  ``novelty.PER_CLASS`` per class chosen to cover the class; the threshold accepts ``--unknown-accept`` of the val
+  the variant's own embedding (the int8 variant's set is int8, computed with the int8 model), a random sample
+  per class sized to ``novelty.BUDGET`` of the variant's file; the threshold accepts ``--unknown-accept`` of the val
   split (without one, of the reference photos each left out of its own neighbours); checked on the test split
   (known accepted, accuracy among accepted) and, with ``--unknown-check DIR``, on photos of none of the classes,
   beside the max softmax probability.
@@ -29,13 +29,15 @@ from edge_app.runtime import (
     novelty,
     read_artifact,
 )
+from edge_app.runtime.artifact import flatbuffer_part
 from edge_app.runtime.errors import DataError, ImageError, ModelError
 from edge_app.runtime.files import write_bytes, write_json
 from edge_app.runtime.progress import progress
 
 log = logging.getLogger("edgecls")
 
-POOL_PER_CLASS = 200  # train photos per class embedded for the reference set to be chosen from
+POOL_PER_CLASS = 2 * novelty.PER_CLASS  # train photos per class embedded: the sample and the rest for nothing
+SHORTFALL = 0.10  # check images accepted this far below --unknown-accept: the calibration photos were too familiar
 
 
 def with_embedding_output(data: bytes) -> bytes:
@@ -61,7 +63,7 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
     outputs = model.subgraphs[0].outputs
     if len(outputs) < 2:
         return None
-    name = _name(model, int(outputs[1]))
+    name = graph.tensor_name(model.subgraphs[0], int(outputs[1]))
     placeholder = {**artifact.metadata, novelty.KEY: novelty.spec(0.0, config.unknown_accept, name, 0, "")}
     clf = ImageClassifier(ModelArtifact(path, placeholder, artifact.labels, artifact.edgetpu, artifact.data),
                           num_threads=threads, unknown=False)
@@ -71,22 +73,36 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
         raise DataError(f"{path.name}: fewer than two readable training photos to make its reference set from")
     val_p, val_raw, val_y = _run(clf, val, f"{path.name}: calibration") if val else (None, None, None)
     unit_train = novelty.unit_rows(_float(clf, train_raw))
-    fitted = novelty.fit(unit_train, train_y, config.unknown_accept,
-                         None if val_raw is None else novelty.unit_rows(_float(clf, val_raw)))
+    fitted = novelty.fit(unit_train, train_y, train_raw.itemsize * train_raw.shape[1],
+                         len(flatbuffer_part(artifact.data)), config.unknown_accept,
+                         None if val_raw is None else novelty.unit_rows(_float(clf, val_raw)), val_p, config.seed)
     reference = unit_train[fitted.chosen]
+
+    def scores(probabilities, raw):
+        return novelty.reference_novelty(reference, fitted.labels, novelty.unit_rows(_float(clf, raw)), fitted.k,
+                                         probabilities)
+
     report: dict = {"enabled": True, "accept": config.unknown_accept, "threshold": round(fitted.threshold, 6),
                     "references": int(len(fitted.chosen)), "k": fitted.k, "calibrated_on": fitted.calibrated_on}
     known = None
     if test:
         test_p, test_raw, test_y = _run(clf, test, f"{path.name}: check")
-        known = novelty.knn_novelty(reference, novelty.unit_rows(_float(clf, test_raw)), fitted.k)
+        known = scores(test_p, test_raw)
         report["test"] = novelty.acceptance(known, fitted.threshold, test_p.argmax(1) == test_y)
+        if report["test"]["known_accepted"] < config.unknown_accept - SHORTFALL:
+            warning = (
+                f"'unknown' accepts {100 * report['test']['known_accepted']:.0f}% of the check images, set for "
+                f"{100 * config.unknown_accept:.0f}% on {fitted.calibrated_on}: those look more like the training "
+                "photos than the check images do (carved from the same photos?). New photos will be called unknown "
+                "more often than planned: give val/ photos taken apart from train/, or a higher --unknown-accept")
+            variant.setdefault("warnings", []).append(warning)
+            log.warning("%s: %s", variant["quant"], warning)
     if config.unknown_check is not None and known is not None:
         items = [(p, -1) for p in list_images(config.unknown_check, recursive=True)]
         if not items:
             raise DataError(f"--unknown-check {config.unknown_check} holds no images (jpg, png, bmp, webp)")
         other_p, other_raw, _ = _run(clf, items, f"{path.name}: --unknown-check")
-        ours = novelty.knn_novelty(reference, novelty.unit_rows(_float(clf, other_raw)), fitted.k)
+        ours = scores(other_p, other_raw)
         report["check"] = {"folder": str(config.unknown_check),
                            **novelty.compare_with_max_softmax(known, ours, fitted.threshold, test_p, other_p,
                                                               config.unknown_accept)}
@@ -139,8 +155,3 @@ def _per_class(items: list, limit: int, seed: int) -> list:
         members = [item for item in items if item[1] == label]
         out += [members[i] for i in sorted(rng.permutation(len(members))[:limit])]
     return out
-
-
-def _name(model, index: int) -> str:
-    name = model.subgraphs[0].tensors[index].name
-    return name.decode() if isinstance(name, bytes) else str(name)

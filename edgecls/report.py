@@ -67,6 +67,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         _per_class(run),
         _examples(run_dir),
         _conversion(run["conversion"]),
+        _unknown(run["conversion"], run["live"]),
         _bench(run_dir, run["bench"]),
         _live(run["live"]),
         _learned(run_dir, run),
@@ -157,8 +158,11 @@ def _training(run_dir: Path, run: dict) -> str:
     config = run["config"]
     settings = ", ".join(f"{k} {config[k]}" for k in ("weights", "epochs", "fine_tune_epochs", "batch_size", "seed")
                          if k in config)
+    source = config.get("weights_source") or {}
+    origin = f"<p class=sub>starting weights: {_e(source['origin'])}</p>" if source.get("origin") else ""
     curves = _img(run_dir / "curves.png", "training curves")
-    return "<h2>Training</h2>" + f"<p>{_e(settings)}</p>" + (curves or _missing("no curves.png", f"edgecls train DATA --out {run_dir}"))
+    return ("<h2>Training</h2>" + f"<p>{_e(settings)}</p>" + origin
+            + (curves or _missing("no curves.png", f"edgecls train DATA --out {run_dir}")))
 
 
 def _matrix(matrix: list[list[int]], labels: list[str], title: str) -> str:
@@ -244,6 +248,35 @@ def _conversion(conversion: dict | None) -> str:
               "exact test on the images where it and the float model disagree (p &lt; 0.05).</p>")
 
 
+def _unknown(conversion: dict | None, live: dict | None) -> str:
+    """Each variant's 'unknown' on the check images (and photos of none of the classes), like its accuracy."""
+    variants = [v for v in (conversion or {}).get("variants", []) if v.get("unknown")]
+    if not variants:
+        return ""
+    check = next((v["unknown"]["check"] for v in variants if v["unknown"].get("check")), None)
+    rows = []
+    for v in variants:
+        u, test = v["unknown"], v["unknown"].get("test") or {}
+        row = [_e(v["quant"]), f"{u['threshold']:.4f}", f"{u['references']} ({u['reference_bytes'] / 1e3:.0f} kB)",
+               _pct(test.get("known_accepted")), f"{_pct(test.get('accuracy'))} → {_pct(test.get('accuracy_accepted'))}"]
+        if check:
+            c = u.get("check") or {}
+            row += [f"{_pct(c.get('knn', {}).get('unknown_rejected'))} ({c.get('knn', {}).get('auroc')})",
+                    f"{_pct(c.get('max_softmax', {}).get('unknown_rejected'))} ({c.get('max_softmax', {}).get('auroc')})"]
+        rows.append(row)
+    head = ["variant", "threshold", "reference set", "known accepted", "accuracy → among accepted"]
+    if check:
+        head += ["none-of-the-classes called unknown (AUROC)", "max softmax would (AUROC)"]
+    shown = (live or {}).get("unknown_shown")
+    return ("<h2>Unknown: none of the classes</h2><p class=sub>each variant carries a reference set computed with "
+            f"itself; its threshold accepts {_pct(variants[0]['unknown']['accept'])} of "
+            f"{_e(variants[0]['unknown']['calibrated_on'])}"
+            + (f"; photos of none of the classes: {_e(check['folder'])} ({check['num_images']})" if check else "")
+            + "</p>" + _table(head, rows)
+            + (f"<p>Live loop: {shown['unknown']} of {shown['frames']} frames of photos of other things said "
+               "<b>Not something I know</b>.</p>" if shown else ""))
+
+
 def _bench(run_dir: Path, bench: dict | None) -> str:
     if not bench:
         return "<h2>Benchmark</h2>" + _missing("not benchmarked yet", f"edgecls bench {run_dir}/*.tflite --json {run_dir}/bench.json")
@@ -272,21 +305,25 @@ def _live(live: dict | None) -> str:
 
 
 def _learned(run_dir: Path, run: dict) -> str:
-    """Trained from scratch beside learned on a pretrained embedding (``edgecls learn``), on the same test photos."""
+    """The host-trained model beside a head learned on a pretrained embedding (``edgecls learn``), same test photos."""
     learned = _load((run_dir / rundir.LEARNED).with_suffix(".learn.json"))
     if not learned or not learned.get("test"):
         return ""
     metrics, int8 = run["metrics"] or {}, _int8(run["conversion"]) or {}
-    trained_s = (metrics.get("timing") or {}).get("scratch_epoch_s", 0) * metrics.get("epochs_trained", 0)
-    rows = [["trained from scratch (int8)", _pct(int8.get("accuracy", metrics.get("test_accuracy"))),
-             f"≈{trained_s:.0f} s" if trained_s else "—", f"{int8.get('size_bytes', 0) / 1e6:.2f} MB",
+    source = (run["config"] or {}).get("weights_source") or {}
+    host = ("trained from scratch" if source.get("kind", "none") == "none"
+            else f"transfer + fine-tune from {source.get('name', 'pretrained')} weights")
+    trained_s = (metrics.get("timing") or {}).get("fit_s")
+    rows = [[f"{_e(host)} (host, <code>edgecls train</code>; int8)", _pct(int8.get("accuracy", metrics.get("test_accuracy"))),
+             f"{trained_s:.0f} s" if trained_s else "—", f"{int8.get('size_bytes', 0) / 1e6:.2f} MB",
              f"{(int8.get('latency_ms') or {}).get('p50', 0):.2f}"],
-            [f"learned on ImageNet MobileNetV2 features ({_e(learned['head'])} head)",
-             _pct(learned["test"]["accuracy"]), f"{sum(learned['seconds'].values()):.0f} s",
+            [f"new {_e(learned['head'])} head on frozen uint8 ImageNet MobileNetV2 features (device, "
+             "<code>edgecls learn</code>)", _pct(learned["test"]["accuracy"]), f"{sum(learned['seconds'].values()):.0f} s",
              f"{learned['size_bytes'] / 1e6:.2f} MB", f"{(learned.get('latency_p50_ms') or {}).get('learned', 0):.2f}"]]
-    return ("<h2>What a pretrained embedding buys</h2><p class=sub>the same training photos and the same test "
+    return ("<h2>Host training beside device learning</h2><p class=sub>the same training photos and the same test "
             f"split ({learned['test']['num_images']} images); <code>edgecls learn</code> needs no TensorFlow and "
-            "runs on the device</p>" + _table(["model", "test accuracy", "time", "size", "p50 ms"], rows))
+            "runs on the device; time: the training stages alone</p>"
+            + _table(["model", "test accuracy", "time", "size", "p50 ms"], rows))
 
 
 def _device(run: dict) -> str:

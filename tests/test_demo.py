@@ -37,7 +37,9 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    result = run_cli("demo", "--quick", "--out", out, timeout=900)
+    # A private Keras cache: the demo ports the shipped weights itself instead of finding them cached.
+    keras_home = tmp_path_factory.mktemp("keras-home")
+    result = run_cli("demo", "--quick", "--out", out, timeout=900, env={"KERAS_HOME": str(keras_home)})
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -59,9 +61,21 @@ def test_quick_demo_runs_every_stage(demo_run):
     numbers = [f["frame"] for f in frames if "frame" in f]
     assert numbers == list(range(len(numbers))) and len(numbers) == summary["live"]["frames"] > 0
     labels = set((out / "labels.txt").read_text().split())
-    assert {f["label"] for f in frames if "frame" in f} <= labels | {"uncertain"}
-    # The printed summary points at the report.
+    assert {f["label"] for f in frames if "frame" in f} <= labels | {"uncertain", "unknown"}
+    # The printed summary points at the report, names where the weights came from, and puts the host's
+    # transfer model beside the device's learned head.
     assert f"report: {out / 'report.html'}" in result.stdout
+    assert summary["weights_source"]["name"] == "imagenet-tflite"
+    assert "weights: imagenet-tflite: Coral's ImageNet MobileNetV2" in result.stdout
+    assert "transfer + fine-tune (host, edgecls train)" in result.stdout and "edgecls learn" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["backbone"] == "mobilenet_v2" and config["weights_source"]["kind"] == "tflite"
+    # 'unknown': the live video ends with real photos of other things; the models say so, and report it.
+    shown = summary["live"]["unknown_shown"]
+    assert shown["frames"] == 10 and shown["unknown"] >= 8, shown
+    assert "frames of photos of other things (Grace Hopper, a gift box) said 'Not something I know'" in result.stdout
+    assert all(v["unknown"]["check"]["num_images"] == 2 for v in conversion["variants"])
+    assert "calls 100% of the photos of other things unknown" in result.stdout
 
 
 def test_report_is_self_contained_and_complete(demo_run):
@@ -69,10 +83,11 @@ def test_report_is_self_contained_and_complete(demo_run):
     page = _Page()
     page.feed((out / "report.html").read_text())
     for heading in ("Dataset", "Training", "Confusion matrices (test split)", "Per class", "Conversion",
-                    "Benchmark", "Live pipeline", "Device"):
+                    "Unknown: none of the classes", "Benchmark", "Live pipeline", "Host training beside device learning",
+                    "Device"):
         assert heading in page.headings, heading
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
-    assert page.tables >= 6  # dataset, two confusion matrices, per class, conversion, benchmark, device
+    assert page.tables >= 7  # dataset, two confusion matrices, per class, conversion, unknown, benchmark, device
 
 
 def test_report_command_regenerates_and_rejects_a_non_run(demo_run, tmp_path):

@@ -157,6 +157,20 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
 
 
+def weights_source(weights: str) -> dict:
+    """Where a run's starting weights came from (config.json ``weights_source``, the report, the demo)."""
+    from trainer import tflite_weights
+
+    if tflite_weights.is_tflite(weights):
+        return tflite_weights.describe(weights)
+    if weights == "imagenet":
+        return {"kind": "imagenet", "name": "imagenet",
+                "origin": f"ImageNet weights downloaded by Keras (keras.applications), cached in {keras_cache_dir()}"}
+    if weights == "none":
+        return {"kind": "none", "name": "none", "origin": "random initialization (trained from scratch)"}
+    return {"kind": "file", "name": Path(weights).name, "file": weights, "origin": "a local weights file"}
+
+
 def build_classifier(config, num_classes: int):
     """Build the full classifier for ``config`` (a :class:`~trainer.config.TrainConfig`).
 
@@ -210,7 +224,10 @@ def _make_backbone(spec: BackboneSpec, config, size: int):
             ],
             name="backbone",
         )
-    weights_path = None if config.weights in ("imagenet", "none") else Path(config.weights)
+    from trainer import tflite_weights
+
+    ported = tflite_weights.is_tflite(config.weights)
+    weights_path = None if config.weights in ("imagenet", "none") or ported else Path(config.weights)
     kwargs = dict(spec.kwargs)
     if spec.constructor.startswith("MobileNet"):
         kwargs["alpha"] = config.alpha
@@ -227,7 +244,9 @@ def _make_backbone(spec: BackboneSpec, config, size: int):
             raise TrainError(
                 f"could not download the ImageNet weights for {spec.name} (offline?); Keras caches "
                 f"them in {keras_cache_dir()}: copy the file there, or pass a local file with "
-                "--weights PATH (.h5/.keras), or train from scratch with --weights none"
+                "--weights PATH (.h5/.keras), or start offline from the ImageNet MobileNetV2 that ships "
+                f"with edgecls: --backbone mobilenet_v2 --weights {tflite_weights.SHIPPED}, or train from "
+                "scratch with --weights none"
             ) from e
         if weights_path is not None:
             raise TrainError(
@@ -239,6 +258,8 @@ def _make_backbone(spec: BackboneSpec, config, size: int):
         ) from e
     if weights_path is not None and weights_path.suffix.lower() == ".keras":
         _load_keras_weights(model, weights_path, spec)
+    if ported:
+        tflite_weights.load_into(model, config.weights)
     # One name for every backbone, so fine-tuning and Grad-CAM find it after a reload.
     model.name = "backbone"
     return model

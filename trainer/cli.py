@@ -17,7 +17,12 @@ examples:
   # transfer learning from ImageNet (two stages: frozen head on cached features, then fine-tuning)
   edgecls train data/potato --out runs/potato --backbone mobilenet_v2 --epochs 5 --fine-tune-epochs 5
 
-  # offline / from scratch: MobileNetV3Small (minimalistic runs fast as int8 on CPU)
+  # offline transfer learning: ImageNet weights ported from the MobileNetV2 .tflite edgecls ships
+  # (plantvillage-potato: 99.1% test accuracy, about 5 minutes on 2 cores)
+  edgecls train data/potato --out runs/potato --backbone mobilenet_v2 --weights imagenet-tflite \\
+      --epochs 30 --fine-tune-epochs 8 --fine-tune-learning-rate 3e-5
+
+  # from scratch: MobileNetV3Small (minimalistic runs fast as int8 on CPU)
   edgecls train data/potato --out runs/scratch --backbone mobilenet_v3_small_minimalistic \\
       --weights none --image-size 96 --epochs 30
 
@@ -57,9 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--weights",
         default=None,
-        metavar="imagenet|none|PATH",
-        help="starting weights: imagenet (Keras downloads and caches them), none (from scratch) "
-        "or a local .h5/.keras file; default imagenet (none for simple_cnn)",
+        metavar="imagenet|imagenet-tflite|none|PATH",
+        help="starting weights: imagenet (Keras downloads and caches them), imagenet-tflite (offline, "
+        "--backbone mobilenet_v2: ported from the ImageNet MobileNetV2 .tflite that ships with edgecls), "
+        "none (from scratch), or a local .h5/.keras file or TFLite MobileNetV2 1.0 classifier; "
+        "default imagenet (none for simple_cnn)",
     )
     model.add_argument(
         "--image-size",

@@ -10,8 +10,7 @@ from edge_app.runtime.errors import TrainError
 from edge_app.runtime.files import check_writable
 from edge_app.runtime.rundir import check_replaceable
 
-WEIGHT_SUFFIXES = (".h5", ".keras")
-
+WEIGHT_SUFFIXES = (".h5", ".keras", ".tflite")
 
 
 @dataclass(frozen=True)
@@ -20,9 +19,10 @@ class TrainConfig:
 
     ``image_size=None`` takes the backbone's default (224, or 64 for ``simple_cnn``).
     ``fine_tune_at=None`` takes the backbone's default first fine-tuned layer; give a layer
-    name or an index into the backbone's layers. ``weights`` is ``"imagenet"``, ``"none"`` or
-    a path to a ``.h5`` / ``.keras`` file; ``None`` means
-    ``"imagenet"`` (``"none"`` for ``simple_cnn``, which has no published weights).
+    name or an index into the backbone's layers. ``weights`` is ``"imagenet"`` (Keras downloads),
+    ``"imagenet-tflite"`` (``mobilenet_v2`` only: ported from the ImageNet MobileNetV2 that ships with
+    edgecls, offline), ``"none"`` or a path to a ``.h5`` / ``.keras`` file or a TFLite MobileNetV2 1.0
+    classifier; ``None`` means ``"imagenet"`` (``"none"`` for ``simple_cnn``, which has no published weights).
 
     Example:
         >>> from trainer.train import run
@@ -54,6 +54,7 @@ class TrainConfig:
 
     def __post_init__(self):
         from trainer.backbones import get_backbone
+        from trainer.tflite_weights import ALPHA, BACKBONE, SHIPPED, is_tflite
 
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
         object.__setattr__(self, "out", Path(self.out).expanduser().resolve())
@@ -65,18 +66,26 @@ class TrainConfig:
             raise TrainError(
                 f"--backbone simple_cnn has no pretrained weights ({self.weights!r}); use --weights none"
             )
-        if self.weights not in ("imagenet", "none"):
+        if self.weights not in ("imagenet", "none", SHIPPED):
             path = Path(self.weights).expanduser()
             if path.suffix.lower() not in WEIGHT_SUFFIXES:
                 raise TrainError(
-                    f"--weights {self.weights!r}: expected 'imagenet', 'none' or a .h5/.keras file"
+                    f"--weights {self.weights!r}: expected 'imagenet', '{SHIPPED}', 'none' or a "
+                    ".h5/.keras/.tflite file"
                 )
             if not path.is_file():
                 raise TrainError(
-                    f"--weights {path}: no such file; give an existing .h5/.keras file, "
-                    "or --weights imagenet / none"
+                    f"--weights {path}: no such file; give an existing .h5/.keras/.tflite file, "
+                    f"or --weights imagenet / {SHIPPED} / none"
                 )
             object.__setattr__(self, "weights", str(path.resolve()))
+        if is_tflite(self.weights) and (spec.name != BACKBONE or self.alpha != ALPHA):
+            fixes = [f"add --backbone {BACKBONE}"] * (spec.name != BACKBONE) + [f"leave --alpha at {ALPHA}"] * (
+                self.alpha != ALPHA)
+            raise TrainError(
+                f"--weights {self.weights} holds a MobileNetV2 1.0, not --backbone {spec.name} --alpha "
+                f"{self.alpha}; {' and '.join(fixes)}"
+            )
         if self.image_size is None:
             object.__setattr__(self, "image_size", spec.default_size)
         spec.check_size(int(self.image_size), self.weights)

@@ -99,7 +99,7 @@ def config_record(config, dataset, model) -> dict:
     import tensorflow as tf
 
     import edge_app
-    from trainer.backbones import SCRATCH_BN_MOMENTUM, get_backbone
+    from trainer.backbones import SCRATCH_BN_MOMENTUM, get_backbone, weights_source
 
     spec = get_backbone(config.backbone)
     size = int(config.image_size)
@@ -121,6 +121,7 @@ def config_record(config, dataset, model) -> dict:
             "decoder": "edge_app.runtime.read_image (OpenCV, EXIF-aware)",
             "in_graph": spec.preprocessing,
         },
+        "weights_source": weights_source(config.weights),
         "batch_norm_momentum": None if config.pretrained else SCRATCH_BN_MOMENTUM,
         "num_params": int(model.count_params()),
         "versions": {

@@ -94,7 +94,9 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
     data = _pipelines(config, dataset, scratch)
     best_path = scratch / "best.weights.h5"
     callbacks = TrainingCallbacks(config, model, best_path, work / rundir.HISTORY)
+    started = time.perf_counter()
     timing, interrupted = _fit_keeping_the_best(config, model, backbone, fine_tune_from, data, callbacks, best_path)
+    timing["fit_s"] = round(time.perf_counter() - started, 1)  # every stage: decoding, feature pass, epochs
     _restore_best(model, best_path)
     metrics, test_probs = _evaluate(model, data, dataset.labels)
     metrics |= {"timing": timing, "epochs_trained": callbacks.epochs_done, "best_epoch": callbacks.best_epoch(),

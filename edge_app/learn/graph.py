@@ -91,7 +91,7 @@ def find_embedding(model, name: str | None = None) -> Embedding:
     if not scores and _is_vector(_shape(graph.tensors[output])):
         return _embedding(model, output, None)
     what = f"comes from {stop}" if stop else "is a graph input"
-    raise ModelError(f"output 0 '{_name(graph, output)}' {list(_shape(graph.tensors[output]))} {what}, not from a "
+    raise ModelError(f"output 0 '{tensor_name(graph, output)}' {list(_shape(graph.tensors[output]))} {what}, not from a "
                      f"FULLY_CONNECTED or 1x1 CONV_2D classifier; pass --embedding NAME, e.g. {_candidates(model)}")
 
 
@@ -105,24 +105,24 @@ def classifier_weights(model, embedding: Embedding) -> tuple[np.ndarray, np.ndar
         raise ModelError(f"no classification layer reads '{embedding.name}' (an embedding model has none); "
                          "fit a new head instead of reading the old one")
     op = graph.operators[head]
-    weights = _constant(model, op.inputs[1])
+    weights = constant(model, op.inputs[1])
     if weights.ndim < 2 or weights[0].size != embedding.width:
-        raise ModelError(f"classifier weights '{_name(graph, op.inputs[1])}' {list(weights.shape)} do not match "
+        raise ModelError(f"classifier weights '{tensor_name(graph, op.inputs[1])}' {list(weights.shape)} do not match "
                          f"the embedding width {embedding.width}; pass --embedding with the layer's input")
     weights = weights.reshape(weights.shape[0], embedding.width)  # CONV_2D 1x1: [C, 1, 1, D] -> [C, D]
     has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
-    bias = _constant(model, op.inputs[2]).reshape(-1) if has_bias else np.zeros(len(weights), np.float32)
+    bias = constant(model, op.inputs[2]).reshape(-1) if has_bias else np.zeros(len(weights), np.float32)
     return weights, bias
 
 
 # --- reading the graph ---
 
-def _op_type(model, op) -> str:
+def op_type(model, op) -> str:
     code = model.operatorCodes[op.opcodeIndex]
     return _OP_NAMES.get(flatbuffer_utils.get_builtin_code_from_operator_code(code), "UNKNOWN")
 
 
-def _name(graph, index: int) -> str:
+def tensor_name(graph, index: int) -> str:
     name = graph.tensors[index].name
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "")
 
@@ -155,7 +155,7 @@ def _walk_to_classifier(model) -> tuple[int | None, str | None, bool]:
         if i is None:
             return None, None, scores
         op = graph.operators[i]
-        kind = _op_type(model, op)
+        kind = op_type(model, op)
         if kind == "FULLY_CONNECTED" or (kind == "CONV_2D" and _is_1x1_conv(graph, op)):
             return i, kind, scores
         if kind not in PASS_THROUGH:
@@ -182,19 +182,19 @@ def _candidates(model, limit: int = 5) -> str:
     graph = model.subgraphs[0]
     found: list[int] = []
     for kind in ("FULLY_CONNECTED", "CONV_2D"):
-        last = next((op for op in reversed(graph.operators) if _op_type(model, op) == kind), None)
+        last = next((op for op in reversed(graph.operators) if op_type(model, op) == kind), None)
         if last is not None:
             found.append(int(last.inputs[0]))
-    found += [int(op.outputs[0]) for op in reversed(graph.operators) if _op_type(model, op) in POOLING]
+    found += [int(op.outputs[0]) for op in reversed(graph.operators) if op_type(model, op) in POOLING]
     found = list(dict.fromkeys(found or [int(t) for t in graph.outputs]))[:limit]
-    return ", ".join(f"'{_name(graph, t)}' (#{t} {list(_shape(graph.tensors[t]))})" for t in found)
+    return ", ".join(f"'{tensor_name(graph, t)}' (#{t} {list(_shape(graph.tensors[t]))})" for t in found)
 
 
 def _tensor_index(model, name: str) -> int:
     """The tensor called ``name`` in subgraph 0, or the one at that decimal index."""
     graph = model.subgraphs[0]
     for index in range(len(graph.tensors)):
-        if _name(graph, index) == name:
+        if tensor_name(graph, index) == name:
             return index
     if name.strip().isdigit() and int(name) < len(graph.tensors):
         return int(name)
@@ -204,7 +204,7 @@ def _tensor_index(model, name: str) -> int:
 
 def _embedding(model, index: int, head: int | None) -> Embedding:
     graph = model.subgraphs[0]
-    tensor, name = graph.tensors[index], _name(graph, index)
+    tensor, name = graph.tensors[index], tensor_name(graph, index)
     shape, dtype = _shape(tensor), _dtype(tensor)
     if not _is_vector(shape):
         raise ModelError(f"tensor '{name}' has shape {list(shape)}; an embedding is one feature vector (every "
@@ -223,7 +223,7 @@ def _embedding(model, index: int, head: int | None) -> Embedding:
     classifier = num_classes = None
     if head is not None:
         op = graph.operators[head]
-        classifier = _op_type(model, op)
+        classifier = op_type(model, op)
         num_classes = _shape(graph.tensors[op.inputs[1]])[0]
     return Embedding(index=int(index), name=name, shape=shape, dtype=dtype, scale=scale, zero_point=zero_point,
                      width=shape[-1], classifier=classifier, num_classes=num_classes)
@@ -231,22 +231,22 @@ def _embedding(model, index: int, head: int | None) -> Embedding:
 
 def check_belongs(model, embedding: Embedding) -> None:
     graph = model.subgraphs[0]
-    if not (0 <= embedding.index < len(graph.tensors)) or _name(graph, embedding.index) != embedding.name \
+    if not (0 <= embedding.index < len(graph.tensors)) or tensor_name(graph, embedding.index) != embedding.name \
             or _shape(graph.tensors[embedding.index]) != embedding.shape:
         raise ModelError(f"embedding '{embedding.name}' is not tensor #{embedding.index} of this model; "
                          "call find_embedding on the same model")
 
 
-def _constant(model, index: int) -> np.ndarray:
+def constant(model, index: int) -> np.ndarray:
     """A constant tensor as float32, dequantized (per tensor, or per channel along ``quantizedDimension``).
     Weights stored as float16 or int8 behind a DEQUANTIZE op are followed to their stored value."""
     graph = model.subgraphs[0]
-    tensor, name = graph.tensors[index], _name(graph, index)
+    tensor, name = graph.tensors[index], tensor_name(graph, index)
     buffer = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
     if buffer is None or buffer.data is None or len(buffer.data) == 0:
         producer = tensor_producers(graph).get(int(index))
-        if producer is not None and _op_type(model, graph.operators[producer]) == "DEQUANTIZE":
-            return _constant(model, graph.operators[producer].inputs[0])
+        if producer is not None and op_type(model, graph.operators[producer]) == "DEQUANTIZE":
+            return constant(model, graph.operators[producer].inputs[0])
         raise ModelError(f"classifier tensor '{name}' is computed when the model runs, not stored in the file; "
                          "fit a new head instead of reading the old one")
     dtype, shape = _dtype(tensor), _shape(tensor)

@@ -27,7 +27,13 @@ from edge_app.learn import graph, heads, rewrite
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
 from edge_app.runtime import novelty
-from edge_app.runtime.artifact import MAX_MEMBER_BYTES, embed_metadata, read_artifact, read_member
+from edge_app.runtime.artifact import (
+    MAX_MEMBER_BYTES,
+    embed_metadata,
+    flatbuffer_part,
+    read_artifact,
+    read_member,
+)
 from edge_app.runtime.dataset import scan
 from edge_app.runtime.errors import (
     ConfigError,
@@ -190,7 +196,7 @@ def learn(config: LearnConfig) -> dict:
         results["val_before"] = _check_other(config.compare, read["val"], raw["val"][1], labels, config)
     sums, samples, sample_y = final["sums"], final["samples"], final["sample_labels"]
     unknown, members = _unknown(final, check, raw, embedder, embedding, old_head is not None and not reference_only,
-                                config)
+                                len(flatbuffer_part(base)), config)
     if reference_only and not members:
         raise DataError(f"{root}: too few photos for a reference set (two or more are needed); add photos")
     metadata = _metadata(artifact.metadata, base_path, base, embedding, head, labels, old_labels, config, reference_only)
@@ -218,11 +224,11 @@ def learn(config: LearnConfig) -> dict:
 
 
 def _unknown(final: dict, check: dict, raw: dict, embedder: Embedder, embedding, kept_classes: bool,
-             config: LearnConfig) -> tuple[dict, dict[str, bytes]]:
+             model_bytes: int, config: LearnConfig) -> tuple[dict, dict[str, bytes]]:
     """The reference set for ``unknown`` (archive members) and its report.
 
-    The reference set: up to ``novelty.PER_CLASS`` embeddings per class covering every photo the model was
-    fitted on. The threshold accepts ``--unknown-accept`` of the validation photos, scored against a reference
+    The reference set: a random sample of each class's photos (all that the model was fitted on), as many as fit
+    in ``novelty.BUDGET`` of the base model's size. The threshold accepts ``--unknown-accept`` of the validation photos, scored against a reference
     set of the training part alone (as the validation accuracy is measured with a head fitted without them);
     without a validation part, of the reference photos themselves, each left out of its own neighbours.
     """
@@ -233,31 +239,34 @@ def _unknown(final: dict, check: dict, raw: dict, embedder: Embedder, embedding,
     x = novelty.unit_rows(embedder.dequantize(final["raw_x"]))
     if len(x) < 2:
         return {"enabled": False, "why": "fewer than two photos: nothing to calibrate on"}, {}
+    row_bytes = final["raw_x"].itemsize * embedder.width
     if "val" in raw:
         train = novelty.unit_rows(embedder.dequantize(check["raw_x"]))
-        val_x = novelty.unit_rows(embedder.dequantize(raw["val"][0]))
-        fitted = novelty.fit(train, check["raw_y"], config.unknown_accept, val_x)
+        val = embedder.dequantize(raw["val"][0])
+        fitted = novelty.fit(train, check["raw_y"], row_bytes, model_bytes, config.unknown_accept,
+                             novelty.unit_rows(val), check["head"].scores(val), config.seed)
     else:
-        fitted = novelty.fit(x, final["raw_y"], config.unknown_accept)
+        fitted = novelty.fit(x, final["raw_y"], row_bytes, model_bytes, config.unknown_accept, seed=config.seed)
     threshold, k, known = fitted.threshold, fitted.k, fitted.known
-    # The model keeps a reference set covering every photo it was fitted on; the threshold stands as found with the
-    # validation photos held out (against the final set, which includes them, they would look more familiar than
-    # any new photo).
-    chosen = novelty.cover(x, final["raw_y"], fitted.per_class)
-    reference = x[chosen]
+    # The model keeps a reference set sampled from every photo it was fitted on; the threshold stands as found with
+    # the validation photos held out (against the final set, which includes them, they would look more familiar
+    # than any new photo).
+    chosen = novelty.sample(final["raw_y"], fitted.per_class, config.seed)
+    reference, reference_y = x[chosen], final["raw_y"][chosen]
     report: dict = {"enabled": True, "accept": config.unknown_accept, "references": int(len(chosen)), "k": k}
     if "val" in raw:
         report["val"] = _acceptance(known, threshold, check["head"], embedder.dequantize(raw["val"][0]), raw["val"][1])
         if config.unknown_check is not None:
-            report["check"] = _unknown_check(config, embedder, check["head"], train[fitted.chosen], known, threshold,
-                                             k, raw["val"][0])
+            report["check"] = _unknown_check(config, embedder, check["head"], train[fitted.chosen], fitted.labels,
+                                             known, threshold, k, raw["val"][0])
     elif config.unknown_check is not None:
         log.warning("--unknown-check needs a validation part (classes of 5 photos or more): not measured")
     calibrated_on = fitted.calibrated_on
     if "test" in raw:
-        test_x = novelty.unit_rows(embedder.dequantize(raw["test"][0]))
-        report["test"] = _acceptance(novelty.knn_novelty(reference, test_x, k), threshold, final["head"],
-                                     embedder.dequantize(raw["test"][0]), raw["test"][1])
+        test = embedder.dequantize(raw["test"][0])
+        scores = novelty.reference_novelty(reference, reference_y, novelty.unit_rows(test), k,
+                                           final["head"].scores(test))
+        report["test"] = _acceptance(scores, threshold, final["head"], test, raw["test"][1])
     member = novelty.pack(final["raw_x"][chosen], final["raw_y"][chosen])
     report.update(threshold=round(threshold, 6), calibrated_on=calibrated_on, reference_bytes=len(member),
                   spec=novelty.spec(threshold, config.unknown_accept, embedding.name, len(chosen), calibrated_on, k,
@@ -271,8 +280,8 @@ def _acceptance(novelty_scores: np.ndarray, threshold: float, head, x: np.ndarra
     return novelty.acceptance(novelty_scores, threshold, head.scores(x).argmax(1) == truth)
 
 
-def _unknown_check(config: LearnConfig, embedder: Embedder, head, reference: np.ndarray, known: np.ndarray,
-                   threshold: float, k: int, val_raw: np.ndarray) -> dict:
+def _unknown_check(config: LearnConfig, embedder: Embedder, head, reference: np.ndarray, reference_y: np.ndarray,
+                   known: np.ndarray, threshold: float, k: int, val_raw: np.ndarray) -> dict:
     """``--unknown-check DIR``, scored as the validation photos were (against the training part's reference set)."""
     from edge_app.runtime import list_images
 
@@ -281,7 +290,7 @@ def _unknown_check(config: LearnConfig, embedder: Embedder, head, reference: np.
         raise DataError(f"--unknown-check {config.unknown_check} holds no images (jpg, png, bmp, webp)")
     raw, _, skipped = embedder.embed(paths, desc="embedding --unknown-check")
     unknown_x = embedder.dequantize(raw)
-    ours = novelty.knn_novelty(reference, novelty.unit_rows(unknown_x), k)
+    ours = novelty.reference_novelty(reference, reference_y, novelty.unit_rows(unknown_x), k, head.scores(unknown_x))
     result = novelty.compare_with_max_softmax(known, ours, threshold, head.scores(embedder.dequantize(val_raw)),
                                               head.scores(unknown_x), config.unknown_accept)
     return {"folder": str(config.unknown_check), "skipped": len(skipped), **result}

@@ -152,7 +152,8 @@ class ImageClassifier:
         ``None`` for a model without a reference set (or with ``unknown=False``)."""
         if self.reference is None:
             return None
-        return self.reference.score(self.embedding())
+        scores = self.interpreter.get_tensor(self.output_detail["index"]).reshape(-1)  # raw: only their order counts
+        return self.reference.score(self.embedding(), scores)
 
     def is_unknown(self, novelty: float | None) -> bool:
         """Whether ``novelty`` (from :meth:`novelty`) says the image is none of the model's classes."""

@@ -39,7 +39,7 @@ CPU_PREFERENCE = ("int8", "fp16", "fp32", "dynamic")
 # What edgecls writes into a run directory. A folder holding anything else is not ours to replace.
 OWN_NAMES = (CONFIG, METRICS, LABELS, KERAS_MODEL, HISTORY, CONVERSION, CONVERSION_MD, REPORT, "*.png", "gradcam",
              "model_*.tflite", "model_*.json", "model_*.log", "bench.*", "demo.json", "live.json", "live.jsonl",
-             "held_out.avi", ".edgecls-*", "learned.*")
+             "held_out.avi", ".edgecls-*", "learned.*", "other_photos")
 
 
 def model_file(quant: str, edgetpu: bool = False, full_integer: bool = False) -> str:

@@ -125,7 +125,18 @@ def test_weights_file_missing_or_wrong(tmp_path, dataset):
     )
     _one_line_error(
         run_cli("train", dataset, "--out", tmp_path / "run", "--weights", tmp_path / "w.pt"),
-        "expected 'imagenet', 'none' or a .h5/.keras file",
+        "expected 'imagenet', 'imagenet-tflite', 'none' or a .h5/.keras/.tflite file",
+    )
+    # The shipped weights are a MobileNetV2 1.0: another backbone or width is refused before any work.
+    _one_line_error(
+        run_cli("train", dataset, "--out", tmp_path / "run", "--weights", "imagenet-tflite"),
+        "--weights imagenet-tflite holds a MobileNetV2 1.0, not --backbone mobilenet_v3_small",
+        "add --backbone mobilenet_v2",
+    )
+    _one_line_error(
+        run_cli("train", dataset, "--out", tmp_path / "run", "--weights", "imagenet-tflite",
+                "--backbone", "mobilenet_v2", "--alpha", "0.5"),
+        "not --backbone mobilenet_v2 --alpha 0.5",
     )
 
 
@@ -144,6 +155,7 @@ def test_offline_imagenet_fails_fast_naming_the_cache(tmp_path, dataset):
         "could not download the ImageNet weights for mobilenet_v3_small",
         str(tmp_path / "keras-home" / "models"),
         "--weights PATH",
+        "--backbone mobilenet_v2 --weights imagenet-tflite",
         "--weights none",
     )
     assert time.monotonic() - start < 90, line
