@@ -68,10 +68,10 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
     clf = ImageClassifier(ModelArtifact(path, placeholder, artifact.labels, artifact.edgetpu, artifact.data),
                           num_threads=threads, unknown=False)
     train = _per_class(train, POOL_PER_CLASS, config.seed)
-    train_p, train_raw, train_y = _run(clf, train, f"{path.name}: reference set")
+    _, train_raw, train_y = _run(clf, train, f"{path.name}: reference set")
     if len(train_raw) < 2:
         raise DataError(f"{path.name}: fewer than two readable training photos to make its reference set from")
-    val_p, val_raw, val_y = _run(clf, val, f"{path.name}: calibration") if val else (None, None, None)
+    val_p, val_raw, _ = _run(clf, val, f"{path.name}: calibration") if val else (None, None, None)
     unit_train = novelty.unit_rows(_float(clf, train_raw))
     fitted = novelty.fit(unit_train, train_y, train_raw.itemsize * train_raw.shape[1],
                          len(flatbuffer_part(artifact.data)), config.unknown_accept,

@@ -228,9 +228,10 @@ def _unknown(final: dict, check: dict, raw: dict, embedder: Embedder, embedding,
     """The reference set for ``unknown`` (archive members) and its report.
 
     The reference set: a random sample of each class's photos (all that the model was fitted on), as many as fit
-    in ``novelty.BUDGET`` of the base model's size. The threshold accepts ``--unknown-accept`` of the validation photos, scored against a reference
-    set of the training part alone (as the validation accuracy is measured with a head fitted without them);
-    without a validation part, of the reference photos themselves, each left out of its own neighbours.
+    in ``novelty.BUDGET`` of the base model's size. The threshold accepts ``--unknown-accept`` of the validation
+    photos, scored against a reference set of the training part alone (as the validation accuracy is measured
+    with a head fitted without them); without a validation part, of the reference photos themselves, each left
+    out of its own neighbours.
     """
     if kept_classes:
         log.info("no 'unknown' for a --keep-classes model: the base's own classes have no photos here to compare "

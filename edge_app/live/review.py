@@ -56,8 +56,9 @@ def check_class_name(name: object) -> str:
     if size > MAX_CLASS_BYTES:
         raise Refused(f"{name[:16]!r}... is {size} bytes in UTF-8; a class name is a folder name and may take at "
                       f"most {MAX_CLASS_BYTES} (emoji and many scripts take 3-4 bytes a character): shorten it")
-    if name.casefold() == "uncertain":
-        raise Refused("'uncertain' is what the kiosk shows below --threshold; choose another name")
+    if name.casefold() in ("uncertain", "unknown"):
+        raise Refused(f"{name!r} is what the kiosk shows for a frame below --threshold ('uncertain') or unlike "
+                      "everything it was taught ('unknown'); choose another name")
     return name
 
 

@@ -82,7 +82,7 @@ def test_the_kiosk_refuses_what_it_must(kiosk):
     assert client.call("/api/label", raw=b"{not json", headers={"Content-Type": "application/json"})[0] == 400
     assert client.call("/api/label", raw=json.dumps(good).encode(), headers={"Content-Type": "text/plain"})[0] == 415
     assert client.call("/api/label", raw=b"x" * 70_000, headers={"Content-Type": "application/json"})[0] == 413
-    for bad_label in ("../outside", "a/b", "", ".hidden", "x" * 65, "uncertain", 7):
+    for bad_label in ("../outside", "a/b", "", ".hidden", "x" * 65, "uncertain", "Unknown", 7):
         code, said = client.call("/api/label", {"id": item["id"], "label": bad_label})
         assert code == 400 and said["error"], bad_label
     for bad_id in ("../../run.jsonl", "/etc/passwd", "..", 5):
