@@ -33,6 +33,7 @@ from edge_app.runtime.artifact import flatbuffer_part
 from edge_app.runtime.errors import DataError, ImageError, ModelError
 from edge_app.runtime.files import write_bytes, write_json
 from edge_app.runtime.progress import progress
+from edge_app.runtime.quant import dequantize
 
 log = logging.getLogger("edgecls")
 
@@ -67,7 +68,7 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
     placeholder = {**artifact.metadata, novelty.KEY: novelty.spec(0.0, config.unknown_accept, name, 0, "")}
     clf = ImageClassifier(ModelArtifact(path, placeholder, artifact.labels, artifact.edgetpu, artifact.data),
                           num_threads=threads, unknown=False)
-    train = _per_class(train, POOL_PER_CLASS, config.seed)
+    train = [train[i] for i in novelty.sample(np.array([label for _, label in train]), POOL_PER_CLASS, config.seed)]
     _, train_raw, train_y = _run(clf, train, f"{path.name}: reference set")
     if len(train_raw) < 2:
         raise DataError(f"{path.name}: fewer than two readable training photos to make its reference set from")
@@ -142,16 +143,4 @@ def _run(clf: ImageClassifier, items: list, desc: str) -> tuple[np.ndarray, np.n
 
 
 def _float(clf: ImageClassifier, raw: np.ndarray) -> np.ndarray:
-    from edge_app.runtime.quant import dequantize
-
     return dequantize(raw, *clf.embedding_detail["quantization"])
-
-
-def _per_class(items: list, limit: int, seed: int) -> list:
-    """At most ``limit`` items per class, a seeded sample (the reference set is chosen from them)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for label in sorted({label for _, label in items}):
-        members = [item for item in items if item[1] == label]
-        out += [members[i] for i in sorted(rng.permutation(len(members))[:limit])]
-    return out

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_app.learn import data as photos
 from edge_app.learn import graph, heads, rewrite
+from edge_app.learn import unknown as unknown_set
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
 from edge_app.runtime import novelty
@@ -45,7 +47,6 @@ from edge_app.runtime.errors import (
     check_threads,
 )
 from edge_app.runtime.files import check_writable, write_bytes
-from edge_app.runtime.labels import match_labels, read_labels
 
 log = logging.getLogger("edgecls")
 
@@ -53,8 +54,6 @@ MODELS = Path(__file__).parent / "models"
 DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
 STATE = "learn.npz"  # the archive member a learned model carries for extending it
 SAMPLES_PER_CLASS = 128
-MIN_VAL_CLASS = 5  # a class with fewer images gives none to the validation part
-IMBALANCE = 10  # most/least photos per class from which learn warns
 KEEP_MARGIN = 2.0  # --keep-classes: logits by which a new class beats the old ones on its own photos
 
 
@@ -148,23 +147,23 @@ def learn(config: LearnConfig) -> dict:
         if embedding.classifier is None:
             raise ModelError(f"--keep-classes: {base_path} has no classification layer after its embedding "
                              f"{embedding.name}; it is an embedding model, learn new classes without --keep-classes")
-        old_labels = _base_labels(artifact, base_path, config.labels, embedding.num_classes)
+        old_labels = photos.base_labels(artifact, base_path, config.labels, embedding.num_classes)
         old_head = graph.classifier_weights(model, embedding)
 
     root = config.data / "train" if (config.data / "train").is_dir() else config.data
     dataset = scan(root, val_split=0.0, test_split=0.0, seed=config.seed, min_classes=1 if old_labels else 2,
                    verify=False)
-    labels = _merge_labels(old_labels, dataset.labels, root)
+    labels = photos.merge_labels(old_labels, dataset.labels, root)
     # --keep-classes with photos of the base's own classes only: nothing to add to its head, but what it needs
     # to say "unknown" (any TFLite classifier gains the embedding output and a reference set this way).
     reference_only = old_head is not None and len(labels) == len(old_labels)
     if reference_only:
         log.info("--keep-classes: every class of %s is already one of %s's: its classes stay as they are, and "
                  "these photos become its reference set for 'unknown'", root, base_path.name)
-    _warn_imbalance(dataset, root)
+    photos.warn_imbalance(dataset, root)
     embedder = Embedder(rewrite.cut_at(model, embedding), artifact.metadata, config.device, config.num_threads,
                         config.mean, config.std, base_path.name)
-    parts = _split(dataset, labels, config.data, config.val_split, config.seed)
+    parts = photos.split_parts(dataset, labels, config.data, config.val_split, config.seed)
     raw, read, skipped = {}, {}, []
     for part, (paths, targets) in parts.items():
         if paths:
@@ -172,7 +171,7 @@ def learn(config: LearnConfig) -> dict:
             raw[part] = (vectors, targets[kept])
             read[part] = [path for path, ok in zip(paths, kept, strict=True) if ok]
             skipped += bad
-    _check_readable(dataset, raw, labels, skipped)
+    photos.check_readable(dataset, raw, labels, skipped)
     embed_s = time.monotonic() - started
 
     # The validation part measures a head fitted without it; the model written is then fitted on every photo
@@ -195,7 +194,7 @@ def learn(config: LearnConfig) -> dict:
     if config.compare is not None and "val" in raw:
         results["val_before"] = _check_other(config.compare, read["val"], raw["val"][1], labels, config)
     sums, samples, sample_y = final["sums"], final["samples"], final["sample_labels"]
-    unknown, members = _unknown(final, check, raw, embedder, embedding, old_head is not None and not reference_only,
+    unknown, members = unknown_set.reference_set(final, check, raw, embedder, embedding, old_head is not None and not reference_only,
                                 len(flatbuffer_part(base)), config)
     if reference_only and not members:
         raise DataError(f"{root}: too few photos for a reference set (two or more are needed); add photos")
@@ -221,80 +220,6 @@ def learn(config: LearnConfig) -> dict:
     report["latency_p50_ms"] = _latency(config.out, base_path, config)
     write_reports(config.out, report)
     return report
-
-
-def _unknown(final: dict, check: dict, raw: dict, embedder: Embedder, embedding, kept_classes: bool,
-             model_bytes: int, config: LearnConfig) -> tuple[dict, dict[str, bytes]]:
-    """The reference set for ``unknown`` (archive members) and its report.
-
-    The reference set: a random sample of each class's photos (all that the model was fitted on), as many as fit
-    in ``novelty.BUDGET`` of the base model's size. The threshold accepts ``--unknown-accept`` of the validation
-    photos, scored against a reference set of the training part alone (as the validation accuracy is measured
-    with a head fitted without them); without a validation part, of the reference photos themselves, each left
-    out of its own neighbours.
-    """
-    if kept_classes:
-        log.info("no 'unknown' for a --keep-classes model: the base's own classes have no photos here to compare "
-                 "frames with")
-        return {"enabled": False, "why": "--keep-classes: the base's classes have no reference photos"}, {}
-    x = novelty.unit_rows(embedder.dequantize(final["raw_x"]))
-    if len(x) < 2:
-        return {"enabled": False, "why": "fewer than two photos: nothing to calibrate on"}, {}
-    row_bytes = final["raw_x"].itemsize * embedder.width
-    if "val" in raw:
-        train = novelty.unit_rows(embedder.dequantize(check["raw_x"]))
-        val = embedder.dequantize(raw["val"][0])
-        fitted = novelty.fit(train, check["raw_y"], row_bytes, model_bytes, config.unknown_accept,
-                             novelty.unit_rows(val), check["head"].scores(val), config.seed)
-    else:
-        fitted = novelty.fit(x, final["raw_y"], row_bytes, model_bytes, config.unknown_accept, seed=config.seed)
-    threshold, k, known = fitted.threshold, fitted.k, fitted.known
-    # The model keeps a reference set sampled from every photo it was fitted on; the threshold stands as found with
-    # the validation photos held out (against the final set, which includes them, they would look more familiar
-    # than any new photo).
-    chosen = novelty.sample(final["raw_y"], fitted.per_class, config.seed)
-    reference, reference_y = x[chosen], final["raw_y"][chosen]
-    report: dict = {"enabled": True, "accept": config.unknown_accept, "references": int(len(chosen)), "k": k}
-    if "val" in raw:
-        report["val"] = _acceptance(known, threshold, check["head"], embedder.dequantize(raw["val"][0]), raw["val"][1])
-        if config.unknown_check is not None:
-            report["check"] = _unknown_check(config, embedder, check["head"], train[fitted.chosen], fitted.labels,
-                                             known, threshold, k, raw["val"][0])
-    elif config.unknown_check is not None:
-        log.warning("--unknown-check needs a validation part (classes of 5 photos or more): not measured")
-    calibrated_on = fitted.calibrated_on
-    if "test" in raw:
-        test = embedder.dequantize(raw["test"][0])
-        scores = novelty.reference_novelty(reference, reference_y, novelty.unit_rows(test), k,
-                                           final["head"].scores(test))
-        report["test"] = _acceptance(scores, threshold, final["head"], test, raw["test"][1])
-    member = novelty.pack(final["raw_x"][chosen], final["raw_y"][chosen])
-    report.update(threshold=round(threshold, 6), calibrated_on=calibrated_on, reference_bytes=len(member),
-                  spec=novelty.spec(threshold, config.unknown_accept, embedding.name, len(chosen), calibrated_on, k,
-                                    fitted.per_class))
-    log.info("unknown: %d reference photos (%.0f kB), threshold %.3f accepts %.0f%% of %s", len(chosen),
-             len(member) / 1e3, threshold, 100 * config.unknown_accept, calibrated_on)
-    return report, {novelty.MEMBER: member}
-
-
-def _acceptance(novelty_scores: np.ndarray, threshold: float, head, x: np.ndarray, truth: np.ndarray) -> dict:
-    return novelty.acceptance(novelty_scores, threshold, head.scores(x).argmax(1) == truth)
-
-
-def _unknown_check(config: LearnConfig, embedder: Embedder, head, reference: np.ndarray, reference_y: np.ndarray,
-                   known: np.ndarray, threshold: float, k: int, val_raw: np.ndarray) -> dict:
-    """``--unknown-check DIR``, scored as the validation photos were (against the training part's reference set)."""
-    from edge_app.runtime import list_images
-
-    paths = list_images(config.unknown_check, recursive=True)
-    if not paths:
-        raise DataError(f"--unknown-check {config.unknown_check} holds no images (jpg, png, bmp, webp)")
-    raw, _, skipped = embedder.embed(paths, desc="embedding --unknown-check")
-    unknown_x = embedder.dequantize(raw)
-    ours = novelty.reference_novelty(reference, reference_y, novelty.unit_rows(unknown_x), k, head.scores(unknown_x))
-    result = novelty.compare_with_max_softmax(known, ours, threshold, head.scores(embedder.dequantize(val_raw)),
-                                              head.scores(unknown_x), config.unknown_accept)
-    return {"folder": str(config.unknown_check), "skipped": len(skipped), **result}
 
 
 def _latency(model: Path, base: Path, config: LearnConfig) -> dict:
@@ -341,88 +266,6 @@ def _read_state(base: bytes, path: Path) -> dict | None:
         raise ModelError(f"{path} carries a damaged {STATE}; learn from the photos again") from e
 
 
-def _base_labels(artifact, path: Path, labels_file: Path | None, num_classes: int) -> list[str]:
-    if labels_file is not None:
-        return match_labels(read_labels(labels_file), num_classes, str(labels_file))
-    if artifact.labels:
-        return match_labels(artifact.labels, num_classes, f"the labels embedded in {path.name}")
-    beside = path.parent / "labels.txt"
-    if beside.is_file():
-        return match_labels(read_labels(beside), num_classes, str(beside))
-    raise LabelsError(f"--keep-classes needs the labels of {path}: it carries none and there is no labels.txt "
-                      "beside it; pass --labels FILE")
-
-
-def _merge_labels(old: list[str], new: list[str], data: Path) -> list[str]:
-    """Old labels first, then new ones; a folder that differs from an old label only in case is an error."""
-    folded = {label.casefold(): label for label in old}
-    for label in new:
-        if label not in old and label.casefold() in folded:
-            raise LabelsError(f"class folder {data / label} differs only in case from the model's class "
-                              f"{folded[label.casefold()]!r}; rename the folder to {folded[label.casefold()]!r} "
-                              "to add examples to it, or give it a clearly different name")
-    return old + [label for label in new if label not in old]
-
-
-def _warn_imbalance(dataset, root: Path) -> None:
-    """A head fitted on 500 photos of one class and 1 of another leans to the first: say so (train says it too)."""
-    counts = dataset.class_counts()["train"]
-    most, least = max(counts, key=counts.get), min(counts, key=counts.get)
-    if len(counts) > 1 and counts[most] >= IMBALANCE * max(counts[least], 1):
-        log.warning("classes are imbalanced: %s has %d photos, %s %d (%d:1); the head will lean towards %s. Add "
-                    "photos of %s, or use fewer of %s", root / most, counts[most], root / least, counts[least],
-                    counts[most] // max(counts[least], 1), most, least, most)
-
-
-def _split(dataset, labels: list[str], data: Path, val_split: float, seed: int) -> dict[str, tuple[list[Path], np.ndarray]]:
-    """The train part, a validation part (``val/`` when given, else carved per class from classes of 5 photos or
-    more), and ``test/`` when given; ``val/`` and ``test/`` may hold any class the model will know."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, tuple[list, list]] = {"train": ([], []), "val": ([], [])}
-    given = {part: data / part for part in ("val", "test") if (data / "train").is_dir() and (data / part).is_dir()}
-    by_class: dict[int, list[str]] = {}
-    for rel, i in dataset.splits["train"]:
-        by_class.setdefault(i, []).append(rel)
-    for i, files in sorted(by_class.items()):
-        order = rng.permutation(len(files))
-        carve = val_split and "val" not in given and len(files) >= MIN_VAL_CLASS
-        n_val = max(1, round(len(files) * val_split)) if carve else 0
-        for j, k in enumerate(order):
-            part = "val" if j < n_val else "train"
-            parts[part][0].append(dataset.data_dir / files[k])
-            parts[part][1].append(labels.index(dataset.labels[i]))
-    for part, folder in given.items():
-        found = scan(folder, 0.0, 0.0, seed, min_classes=1, verify=False)
-        for label in found.labels:
-            if label not in labels:
-                raise DataError(f"{folder / label} is a class the model will not know; rename it to one of "
-                                f"{labels} or add it to {data / 'train'}")
-        parts[part] = ([found.data_dir / rel for rel, _ in found.splits["train"]],
-                       [labels.index(found.labels[i]) for _, i in found.splits["train"]])
-    return {part: (paths, np.array(targets, np.int64)) for part, (paths, targets) in parts.items()}
-
-
-def _check_readable(dataset, raw: dict, labels: list[str], skipped: list[dict]) -> None:
-    present = set()
-    for part in ("train", "val"):
-        if part in raw:
-            present |= set(raw[part][1].tolist())
-    for label in dataset.labels:
-        if labels.index(label) not in present:
-            raise DataError(f"class folder {dataset.data_dir / label} has no readable images; replace them or "
-                            "remove the folder")
-    if skipped:
-        log.warning("skipped %d unreadable image(s)", len(skipped))
-
-
-def _sample(raw: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``SAMPLES_PER_CLASS`` embeddings per class, kept in the model for refitting when it is extended."""
-    rng = np.random.default_rng(seed)
-    chosen = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:SAMPLES_PER_CLASS] for c in range(num_classes)]
-                            or [np.zeros(0, np.int64)]).astype(np.int64)
-    return raw[chosen], y[chosen]
-
-
 def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels: list[str], old_head,
                labels: list[str], embedder: Embedder, config: LearnConfig) -> dict:
     """The head fitted on the photos of ``parts`` (plus what a learned base remembers), and the state to store."""
@@ -436,7 +279,9 @@ def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels
         counts[:k] += state["counts"]
         raw_x = np.concatenate([state["samples"].astype(raw_x.dtype), raw_x])
         raw_y = np.concatenate([state["sample_labels"], raw_y])
-    samples, sample_labels = _sample(raw_x, raw_y, len(labels), config.seed)
+    # Up to SAMPLES_PER_CLASS embeddings per class, kept in the model for refitting when it is extended.
+    kept = novelty.sample(raw_y, SAMPLES_PER_CLASS, config.seed)
+    samples, sample_labels = raw_x[kept], raw_y[kept]
     if old_head is not None and len(labels) == len(old_labels):  # --keep-classes, no new class: the head as it is
         head = heads.Head(f"{len(labels)} classes kept as they are", *old_head)
     else:

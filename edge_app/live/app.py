@@ -130,7 +130,8 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
 
     web = None
     if config.web:
-        from edge_app.live.web import WebView, parse_web_address
+        from edge_app.live.web import WebView
+        from edge_app.live.web_address import parse_web_address
 
         host, port = parse_web_address(config.web, config.allow_remote)
         token = _kiosk_token(config) if config.learn else None

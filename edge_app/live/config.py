@@ -105,7 +105,7 @@ class AppConfig:
         check_normalization(self.mean, self.std)
         self.collect_config()
         if self.web:
-            from edge_app.live.web import parse_web_address
+            from edge_app.live.web_address import parse_web_address
 
             parse_web_address(self.web, self.allow_remote)
         if self.mqtt:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import threading
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from edge_app.live.review import Refused
 from edge_app.live.sinks import Result, Sink
 from edge_app.live.sources import Frame
+from edge_app.live.web_address import is_loopback
 from edge_app.runtime.device import device_facts
 from edge_app.runtime.errors import EdgeclsError
 
@@ -61,38 +61,6 @@ CLOSE_TIMEOUT_S = 1.0
 _FULL_BODY = b'{"error": "too many open connections to this kiosk; try again in a moment"}'
 FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
         b"Connection: close\r\n\r\n" % len(_FULL_BODY)) + _FULL_BODY
-
-
-def parse_web_address(value: str, allow_remote: bool = False) -> tuple[str, int]:
-    """``"8080"``, ``":8080"``, ``"127.0.0.1:8080"``, ``"[::1]:8080"`` → ``(host, port)``.
-
-    Raises:
-        EdgeclsError: a malformed address, or a non-loopback host without ``allow_remote``.
-
-    Example:
-        >>> parse_web_address("8080")
-        ('127.0.0.1', 8080)
-    """
-    text = value.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise EdgeclsError(f"--web {value}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    if not allow_remote and not _is_loopback(host):
-        raise EdgeclsError(f"--web {value} would let other machines watch this camera; add --allow-remote "
-                           "if that is what you want (and put it behind a firewall), or use 127.0.0.1:PORT")
-    return host, int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WebView(Sink):
@@ -170,7 +138,7 @@ class WebView(Sink):
             return False
         host = header.strip().lower()
         host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rpartition(":")[0] or host
-        return host in (self.host.lower(), "localhost") or _is_loopback(host)
+        return host in (self.host.lower(), "localhost") or is_loopback(host)
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """A browser's ``Origin`` (when it sends one) must be this server: another site's page never acts here."""

@@ -16,7 +16,7 @@ import pytest
 from support import IMAGENET_MODEL, IMAGES
 
 from edge_app.live.app import AppConfig, run
-from edge_app.live.web import parse_web_address
+from edge_app.live.web_address import parse_web_address
 from edge_app.runtime import read_image
 from edge_app.runtime.errors import EdgeclsError
 
