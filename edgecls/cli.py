@@ -131,5 +131,5 @@ COMMANDS = {
     "bench": Command("benchmarks.cli", "measure models and the camera pipeline on this machine"),
     "demo": Command("edgecls.demo", "the whole flow on the bundled sample data, offline, in minutes"),
     "report": Command("edgecls.report", "(re)write the self-contained RUN/report.html"),
-    "fleet": Command("edgecls.fleet", "devices over an MQTT broker: status, signed model deploys, benchmarks"),
+    "fleet": Command("fleet.cli", "devices over an MQTT broker: status, signed model deploys, benchmarks"),
 }

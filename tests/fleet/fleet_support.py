@@ -1,7 +1,8 @@
 """What the fleet tests share: a real MQTT broker process, a subscriber of the test's own, polling.
 
 The broker runs on a free localhost port: mosquitto where installed, else amqtt (the dev extra);
-``EDGECLS_TEST_BROKER=mosquitto|amqtt`` chooses one (CI has no mosquitto; both paths are tested where it is).
+``EDGECLS_TEST_BROKER=mosquitto|amqtt`` chooses one; ``.ci/run`` installs mosquitto and requires it
+(``EDGECLS_REQUIRE_REAL``); amqtt keeps the tests running on a laptop without it.
 It can be killed and restarted on the same port, for the reconnection tests. Imported as
 ``from fleet_support import ...`` (pytest puts this folder on sys.path), never ``from conftest``.
 """
@@ -18,15 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, missing
 
 
 def broker_kind() -> str:
-    kind = os.environ.get("EDGECLS_TEST_BROKER") or ("mosquitto" if shutil.which("mosquitto") else "amqtt")
+    real = shutil.which("mosquitto") or os.environ.get("EDGECLS_REQUIRE_REAL")
+    kind = os.environ.get("EDGECLS_TEST_BROKER") or ("mosquitto" if real else "amqtt")
     if kind not in ("mosquitto", "amqtt"):
         pytest.fail(f"EDGECLS_TEST_BROKER={kind}: use mosquitto or amqtt")
     if kind == "mosquitto" and not shutil.which("mosquitto"):
-        pytest.skip("EDGECLS_TEST_BROKER=mosquitto but mosquitto is not installed (apt-get install mosquitto)")
+        missing("mosquitto is not installed (apt-get install mosquitto)")
     return kind
 
 

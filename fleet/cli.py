@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _connect(args):
     from edge_app.runtime.broker import parse_broker_url
-    from edgecls.fleet_client import FleetClient
+    from fleet.client import FleetClient
 
     if not args.broker:
         raise FleetError("--broker is missing: give the broker's URL, e.g. --broker mqtt://broker.lan "
@@ -123,7 +123,7 @@ def _connect(args):
 
 
 def status(args) -> int:
-    from edgecls.fleet_report import status_table
+    from fleet.report import status_table
 
     with _connect(args) as fleet:
         statuses = fleet.statuses(args.wait)
@@ -139,7 +139,7 @@ def status(args) -> int:
 
 def watch(args) -> int:
     from edge_app.runtime.broker import topic
-    from edgecls.fleet_report import status_table
+    from fleet.report import status_table
 
     if args.interval <= 0:
         raise FleetError(f"--interval must be more than 0 seconds, got {args.interval}")
@@ -189,7 +189,7 @@ def _signed_model(args) -> tuple[str, dict, dict]:
     from edge_app.runtime.artifact import is_tflite
     from edge_app.runtime.broker import MAX_PAYLOAD_BYTES
     from edge_app.runtime.signing import key_id, load_private_key, sign_model
-    from edgecls.fleet_client import parse_targets
+    from fleet.client import parse_targets
 
     parse_targets(args.to)  # a bad --to fails before the model is read or the broker is asked
 
@@ -217,7 +217,7 @@ def _signed_model(args) -> tuple[str, dict, dict]:
 
 def _targets(args, fleet, statuses, ours: str) -> tuple[list[str], dict[str, str]]:
     """The online devices ``--to`` names, and the offline ones (not sent) with why; warns about distrust."""
-    from edgecls.fleet_client import match_targets
+    from fleet.client import match_targets
 
     matched = match_targets(args.to, statuses, fleet.broker)
     skipped = {d: "offline" + (f" ({statuses[d]['reason']})" if statuses[d].get("reason") else "")
@@ -231,7 +231,7 @@ def _targets(args, fleet, statuses, ours: str) -> tuple[list[str], dict[str, str
 
 
 def deploy(args) -> int:
-    from edgecls.fleet_report import ack_table
+    from fleet.report import ack_table
 
     ours, signed, fields = _signed_model(args)
     with _connect(args) as fleet:
@@ -256,7 +256,7 @@ def deploy(args) -> int:
 def bench(args) -> int:
     from benchmarks.config import parse_threads
     from edge_app.runtime.files import check_writable
-    from edgecls.fleet_report import bench_table, merge_bench, write_bench_reports
+    from fleet.report import bench_table, merge_bench, write_bench_reports
 
     if not 1 <= args.runs <= 1000:
         raise FleetError(f"--runs must be from 1 to 1000, got {args.runs}")
