@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgecls-installed
 
 .PHONY: setup test demo lint clean
+.PHONY: test-pi
+.PHONY: docs
 
 setup: $(STAMP)
 
@@ -19,6 +21,27 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest
 
+# The device suite on an emulated Debian Trixie arm64 / Python 3.13 root (qemu-user), built once and cached
+# (EDGECLS_PI_CACHE, default ~/.cache/edgecls/pi-trixie-arm64), then the x86-vs-arm64 parity test of the quick
+# demo's models (host side); both skip with the reason where no root can be had. Not part of `make test`:
+# uncached it takes longer than CI allows (docs/arm64.md).
+test-pi: setup
+	pi/pi_root.sh test
+	EDGECLS_TEST_PI=1 $(PY) -m pytest tests/pi/test_parity.py
+
+# The docs site (mkdocs.yml, docs/) into site/, with no network once the [docs] extra is in: --strict fails
+# on a broken link or anchor, or a page missing from the nav. Needs only MkDocs, not `make setup`'s extras.
+DOCS_STAMP := $(VENV)/.edgecls-docs-installed
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+# NO_MKDOCS_2_WARNING: Material's banner about its end of life (May 2027) on every build; see docs/development.md.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 demo: setup
 	$(VENV)/bin/edgecls demo
 
@@ -26,4 +49,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache site

@@ -110,6 +110,7 @@ def measure_latency(model: str | Path, threads: int, runs: int = 100, warmup: in
         "size_bytes": os.path.getsize(clf.path),
         "threads": clf.num_threads,
         "device": device,
+        "kernels": None if clf.kernels is None else clf.kernels.to_dict(),
         "input": clf.describe()["input"],
         "num_classes": clf.num_classes,
         "runs": len(samples),

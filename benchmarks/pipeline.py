@@ -8,7 +8,7 @@ Three rates for one model and thread count, so the overhead of the live loop is 
 - ``app_fps``: ``edge_app.live.app.run`` itself, headless, as ``edgecls run`` runs it.
 
 On a Pi the camera's ISP scales frames, so there the bare invoke rate is the honest ceiling; on a
-2-core host decoding shares the cores with the interpreter (the README's pipeline section).
+2-core host decoding shares the cores with the interpreter (docs/bench.md).
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ COLUMNS = (
     ("top1", lambda r: (r.get("accuracy") or {}).get("top1")),
     ("top5", lambda r: (r.get("accuracy") or {}).get("top5")),
     ("n", lambda r: (r.get("accuracy") or {}).get("n")),
+    # read back from the interpreter: "builtin" = XNNPACK was not applied (see docs/arm64.md)
+    ("kernels", lambda r: None if not r.get("kernels") else
+     f"{r['kernels']['delegate'] or 'builtin'} {r['kernels']['delegated_ops']}/{r['kernels']['total_ops']}"),
 )
 
 

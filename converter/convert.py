@@ -29,7 +29,7 @@ from converter.edgetpu import compile_model
 from converter.graph import inspect_flatbuffer, size_breakdown, strip_tensor_names, xnnpack_partitions
 from converter.int8 import build_cpu_int8
 from converter.reference import ReferenceModel
-from converter.report import SCHEMA, summarize_speed, write_reports
+from converter.report import SCHEMA, check_site, summarize_speed, write_reports
 from converter.source import Source, load_source, stratified_sample
 from converter.targets import TARGETS
 from converter.worker import ConverterProcess
@@ -205,6 +205,7 @@ def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Check
         **result,
         "latency_ms": latency,
         "graph": graph.to_dict(),
+        "kernels": None if classifier.kernels is None else classifier.kernels.to_dict(),
         "warnings": warnings,
     }
     variant["failures"] = gate(variant, config.max_accuracy_drop, config.max_latency_ms)
@@ -242,6 +243,7 @@ def _report(source: Source, reference: ReferenceModel, base_metadata: dict, chec
         "speed": summarize_speed(variants),
         "edgetpu": edgetpu,
     }
+    report["checked_on"] = [check_site(platform.machine(), platform.python_version(), variants)]
     report["passed"] = all(v["passed"] for v in variants) and (edgetpu or {}).get("status") != "failed"
     return report
 

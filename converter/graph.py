@@ -130,31 +130,13 @@ def splitting_ops(interpreter) -> dict[str, int]:
 
 
 def _delegation(interpreter) -> tuple[int, list[dict], dict]:
-    nodes = list(interpreter._get_ops_details())  # the only node-level view the Python API offers
-    producer = {}
-    for node in nodes:
-        if node["op_name"] != "DELEGATE":
-            for t in node["outputs"]:
-                producer[int(t)] = node["index"]
-    by_index = {n["index"]: n for n in nodes}
-    delegated: set[int] = set()
-    delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
-    for d in delegates:
-        boundary = {int(t) for t in d["inputs"]}
-        stack = [int(t) for t in d["outputs"]]
-        seen: set[int] = set()
-        while stack:
-            t = stack.pop()
-            if t in seen or t in boundary or t not in producer:
-                continue
-            seen.add(t)
-            index = producer[t]
-            delegated.add(index)
-            stack.extend(int(i) for i in by_index[index]["inputs"] if i >= 0)
-    originals = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    from edge_app.runtime.interpreter import delegated_nodes
+
+    delegates, originals, delegated = delegated_nodes(list(interpreter._get_ops_details()))
+    producer = {int(t): node["index"] for node in originals for t in node["outputs"]}
     left = [n for n in originals if n["index"] not in delegated]
-    return len(delegates), left, {"nodes": originals, "producer": producer, "by_index": by_index,
-                                  "delegated": delegated}
+    return len(delegates), left, {"nodes": originals, "producer": producer,
+                                  "by_index": {n["index"]: n for n in originals}, "delegated": delegated}
 
 
 def delegate_partitions(data: bytes, num_threads: int = 1) -> tuple[int, dict[str, int], dict[str, int]]:

@@ -33,6 +33,13 @@ def write_reports(out_dir: Path, report: dict) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def check_site(machine: str, python: str, variants: list[dict], emulated: bool = False) -> str:
+    """Where checks ran, as ``conversion.json``'s ``checked_on`` says it: ``x86_64 (XNNPACK, Python 3.11.7)``.
+    The kernels are those the variants' interpreters applied (read back, see ``edge_app.runtime.applied_kernels``)."""
+    kernels = sorted({(v.get("kernels") or {}).get("delegate") or "built-in kernels" for v in variants}) or ["?"]
+    return f"{machine} ({' + '.join(kernels)}, Python {python}{', emulated' if emulated else ''})"
+
+
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
@@ -163,6 +170,8 @@ def render_markdown(report: dict) -> str:
               f"{report['machine']['runtime']} {report['machine']['runtime_version']}, "
               f"{report['machine']['num_threads']} thread(s), {report['machine']['runs']} timed runs after "
               f"{report['machine']['warmup']} warm-up.", ""]
+    if report.get("checked_on"):
+        lines += ["Checked on: " + "; ".join(report["checked_on"]) + ".", ""]
     lines += ["A variant fails the accuracy check when its drop is above the limit *and* unlikely to be noise: "
               "only the images float and the variant disagree on carry information (lost: float right, variant "
               "wrong; gained: the reverse), and McNemar's exact test asks how likely that many losses are if both "

@@ -53,12 +53,20 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
     from edge_app.live.swap import ModelSwapper, recover_interrupted_install
     from edge_app.runtime import ImageClassifier
     from edge_app.runtime.device import device_facts
+    from edge_app.runtime.interpreter import missing_xnnpack
     from edge_app.runtime.rundir import resolve_model
+
+    slow_kernels_said = []  # once per run, not at every swap
 
     def load(path, **kwargs):
         # From its bytes in memory: the file may be replaced or rewritten in place while we run (the live swap).
-        return ImageClassifier(path, config.labels, config.device, config.num_threads, config.mean, config.std,
-                               in_memory=True, unknown=config.unknown, **kwargs)
+        loaded = ImageClassifier(path, config.labels, config.device, config.num_threads, config.mean, config.std,
+                                 in_memory=True, unknown=config.unknown, **kwargs)
+        why = missing_xnnpack(loaded.kernels, config.device)
+        if why and not slow_kernels_said:
+            slow_kernels_said.append(why)
+            log.warning("%s: %s", loaded.path.name, why)
+        return loaded
 
     recover_interrupted_install(resolve_model(config.model, config.device), load)
     clf = load(config.model)
@@ -77,7 +85,9 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
     swapper = ModelSwapper(clf, load=lambda path: load(path, embedded_labels_first=True), watch=config.watch,
                            on_event=emit)
     device = {"runtime": clf.runtime.name, "version": clf.runtime.version,
-              "delegate": "edgetpu" if config.device.startswith("edgetpu") else "cpu (XNNPACK)",
+              # read back from the interpreter, not assumed: without /sys (containers, emulators) XNNPACK is gone
+              "delegate": clf.kernels.summary() if clf.kernels else "unknown (the runtime does not show its nodes)",
+              "kernels": clf.kernels.to_dict() if clf.kernels else None,
               "threads": clf.num_threads, "model": str(clf.path), **device_facts()}
     threads_before = cv2.getNumThreads()
     # OpenCV's own worker threads would fight the interpreter's for the same cores.
@@ -128,7 +138,7 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
     """Open the outputs into ``sinks`` one by one, so those made before a failure still get closed."""
     from edge_app.live.sinks import UNCERTAIN, UNKNOWN, FrameSaver, JsonlLog, OverlayWindow
 
-    web = None
+    web = collector = ha = None
     if config.web:
         from edge_app.live.web import WebView
         from edge_app.live.web_address import parse_web_address
@@ -151,17 +161,28 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
             outcome = swapper.install(data, f"deploy from {origin}")
             return outcome.accepted, outcome.reason, outcome.sha256
 
+        if config.ha_discovery is not None:
+            from edge_app.live.ha_discovery import HaDiscovery
+
+            ha = HaDiscovery(config.ha_discovery, image=bool(config.collect))
         sinks.append(MqttLink(config.mqtt, config.fleet_id, ca_file=config.mqtt_ca, trust=config.trust,
-                              installer=install))
+                              installer=install, ha_discovery=ha))
     if config.collect:
         from edge_app.live.collect import FrameCollector
 
-        collector = FrameCollector(config.collect_config(), model_sha256=lambda: swapper.sha256, on_event=emit)
+        collector = FrameCollector(config.collect_config(), model_sha256=lambda: swapper.sha256, on_event=emit,
+                                   on_saved=ha.offer_frame if ha is not None else None)
         sinks.append(collector)
         if config.learn:
             from edge_app.live.field import FieldLearning
 
             web.field = FieldLearning(collector, swapper)
+    if web is not None:
+        from edge_app.live.metrics import make_metrics
+
+        web.metrics = make_metrics(lambda: swapper.clf, collector)
+        if web.metrics is not None:
+            sinks.append(web.metrics)
     if config.log:
         sinks.append(JsonlLog(config.log, int(config.log_max_mb * 1_000_000), config.log_backups, config.top_k > 1))
     if config.save_frames:
@@ -325,6 +346,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument("--mqtt-ca", metavar="FILE", help="the CA certificate of an mqtts:// broker")
     fleet.add_argument("--trust", metavar="KEY.pub", help="the ed25519 public key deploys must be signed with "
                        "(edgecls fleet keygen); without it, remote deploys are refused")
+    from edge_app.live.ha_discovery import DEFAULT_PREFIX
+
+    fleet.add_argument("--ha-discovery", nargs="?", const=DEFAULT_PREFIX, metavar="PREFIX",
+                       help="also appear in Home Assistant as one device (MQTT discovery, retained configs under "
+                       f"PREFIX, default {DEFAULT_PREFIX}): label, confidence, unknown, FPS, latency, inference time, "
+                       "temperature, throttled, model, and with --collect the newest collected frame. Needs --mqtt; write it "
+                       "after MODEL or as --ha-discovery=PREFIX, e.g. edgecls run leaf.tflite --mqtt "
+                       "mqtt://broker.lan --device-id kiosk-03 --ha-discovery")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -339,6 +368,6 @@ def main(args: argparse.Namespace) -> int:
         collect_margin=args.collect_margin, collect_every=args.collect_every,
         collect_sample_every=args.collect_sample_every, collect_max=args.collect_max, learn=args.learn,
         token_file=args.token_file, public_view=args.public_view, mqtt=args.mqtt, device_id=args.device_id,
-        mqtt_ca=args.mqtt_ca, trust=args.trust, unknown=args.unknown != "off")
+        mqtt_ca=args.mqtt_ca, trust=args.trust, unknown=args.unknown != "off", ha_discovery=args.ha_discovery)
     run(config)
     return 0

@@ -88,7 +88,7 @@ class FrameCollector(Sink):
     """
 
     def __init__(self, config: CollectConfig, model_sha256: Callable[[], str] = lambda: "",
-                 on_event: Callable[..., None] | None = None):
+                 on_event: Callable[..., None] | None = None, on_saved: Callable[[bytes], None] | None = None):
         self.config = config
         self.inbox = config.folder / INBOX
         self.labelled = config.folder / LABELLED
@@ -97,6 +97,7 @@ class FrameCollector(Sink):
             folder.mkdir(parents=True, exist_ok=True)
         self.model_sha256 = model_sha256
         self.on_event = on_event
+        self.on_saved = on_saved  # hears each inbox frame's JPEG, on the writer thread (Home Assistant's image)
         self.collected = 0
         self.paused = ""  # why collection is paused, or ""
         self._pause_kind = ""  # REVIEW, DISK or ""
@@ -198,7 +199,8 @@ class FrameCollector(Sink):
         else:
             folder = self.inbox
             name = f"{stamp}-f{sidecar['frame']}"
-        write_bytes(folder / f"{name}.jpg", jpeg.tobytes())
+        data = jpeg.tobytes()
+        write_bytes(folder / f"{name}.jpg", data)
         write_json(folder / f"{name}.json", {"id": name, **sidecar})
         if capture is not None:
             capture.saved += 1
@@ -209,6 +211,11 @@ class FrameCollector(Sink):
         self.collected += 1
         if self._pause_kind == DISK:  # the disk takes files again (a review pause ends only with reviews)
             self._resume()
+        if self.on_saved is not None:
+            try:
+                self.on_saved(data)
+            except Exception as e:  # not the disk's fault: collection must not pause for it
+                log.debug("a collected frame was not handed on: %s", e)
         if self.on_event is not None and self.collected % 10 == 1:  # one event per ten frames, not a flood
             self.on_event("frames_collected", f"{self.collected} frames kept in {self.inbox}",
                           collected=self.collected, waiting=self._waiting)

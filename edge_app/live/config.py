@@ -57,6 +57,7 @@ class AppConfig:
     device_id: str | None = None
     mqtt_ca: str | None = None
     trust: str | None = None
+    ha_discovery: str | None = None  # Home Assistant's discovery prefix; None: no discovery
 
     def collect_config(self):
         """The ``--collect`` settings, or ``None``."""
@@ -99,6 +100,9 @@ class AppConfig:
             problems.append("--token-file is the kiosk's token for --learn; add --learn")
         if (self.device_id or self.mqtt_ca or self.trust) and not self.mqtt:
             problems.append("--device-id, --mqtt-ca and --trust belong to --mqtt URL (the fleet's broker); add it")
+        if self.ha_discovery is not None and not self.mqtt:
+            problems.append("--ha-discovery announces the device to Home Assistant through an MQTT broker; add "
+                            "--mqtt URL (the broker Home Assistant's MQTT integration uses)")
         if problems:
             raise EdgeclsError("; ".join(problems))
         check_threads(self.num_threads)
@@ -113,6 +117,10 @@ class AppConfig:
 
             parse_broker_url(self.mqtt, "--mqtt")
             check_device_id(self.fleet_id)
+            if self.ha_discovery is not None:
+                from edge_app.live.ha_discovery import check_prefix
+
+                check_prefix(self.ha_discovery)
 
     @property
     def fleet_id(self) -> str:

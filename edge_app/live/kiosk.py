@@ -119,7 +119,7 @@ $('view').onerror = () => setTimeout(() => { $('view').src = '/stream.mjpg?' + D
 setInterval(poll, 500); poll();
 
 // --- the field loop (--learn) ------------------------------------------------------------------
-const pct = (x) => x == null ? '\u2014' : (100 * x).toFixed(0) + '%';
+const pct = (x) => x == null ? '\\u2014' : (100 * x).toFixed(0) + '%';
 const el = (tag, text, cls) => { const e = document.createElement(tag); if (text != null) e.textContent = text;
   if (cls) e.className = cls; return e; };
 const found = /[#&]token=([^&]+)/.exec(location.hash);
@@ -158,7 +158,7 @@ function card(item) {
   const c = el('div', null, 'card'); c.dataset.id = item.id;
   const img = el('img'); picture(img, '/api/collected/' + encodeURIComponent(item.id) + '.jpg'); img.alt = item.label;
   const why = {low_score: 'low score', small_margin: 'close call', sample: 'random sample'}[item.why] || item.why;
-  c.append(img, el('div', (item.top || []).slice(0, 3).map(([l, s]) => l + ' ' + pct(s)).join(' \u00b7 ') + ' (' + why + ')', 'muted'));
+  c.append(img, el('div', (item.top || []).slice(0, 3).map(([l, s]) => l + ' ' + pct(s)).join(' \\u00b7 ') + ' (' + why + ')', 'muted'));
   const quick = el('div', null, 'row');
   for (const [l] of (item.top || []).slice(0, 3)) { const b = el('button', l); b.onclick = () => label(item.id, l, c); quick.append(b); }
   const other = el('div', null, 'row'); const input = el('input'); input.setAttribute('list', 'classes');
@@ -203,7 +203,7 @@ async function refreshLabelled() {
 function showJob(j) {
   const box = $('job'); box.replaceChildren();
   if (j.state === 'idle') return;
-  box.append(el('p', {learning: 'learning from the labelled frames\u2026', swapping: 'swapping the new model in\u2026',
+  box.append(el('p', {learning: 'learning from the labelled frames\\u2026', swapping: 'swapping the new model in\\u2026',
     applied: 'applied ' + j.version, rejected: 'the new model was rejected: ' + j.error, failed: 'failed: ' + j.error}[j.state] || j.state,
     j.state === 'applied' ? 'good' : (j.state === 'failed' || j.state === 'rejected') ? 'bad' : 'muted'));
   if (j.val) {
@@ -239,7 +239,7 @@ $('savetoken').onclick = () => { token = $('token').value.trim(); localStorage.s
   refreshClasses(); refreshReview(); refreshVersions(); };
 $('capture').onclick = async () => {
   const name = $('teach-label').value.trim(); if (!name) { say('type a class name first', false); return; }
-  $('capture').disabled = true; say('capturing ' + name + '\u2026');
+  $('capture').disabled = true; say('capturing ' + name + '\\u2026');
   try { const out = await act('teach', {label: name, frames: +$('teach-frames').value, seconds: +$('teach-seconds').value});
     say(out.problem ? out.problem : 'captured ' + out.saved + ' frames of ' + out.label, !out.problem); refreshClasses();
   } finally { $('capture').disabled = false; }

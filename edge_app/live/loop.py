@@ -134,7 +134,8 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
             now = time.time()
             result = Result(frame.index, now, label, best.score, [(c.label, c.score) for c in top[:config.top_k]],
                             (now - frame.t) * 1000, meter.tick(), frame.file,
-                            [(c.label, c.score) for c in top] if ranked > config.top_k else None, novelty)
+                            [(c.label, c.score) for c in top] if ranked > config.top_k else None, novelty,
+                            (t3 - t2) * 1000)
             for sink in sinks:
                 sink.update(frame, result)
             frames += 1
@@ -184,7 +185,8 @@ def _swap(clf, swapper, sinks: list, config: AppConfig):
     for sink in sinks:
         try:
             sink.event("model_swapped", detail, old_sha256=old_sha, new_sha256=new_sha, model=str(new.path),
-                       num_classes=new.num_classes, labels=new.labels)
+                       num_classes=new.num_classes, labels=new.labels,
+                       delegate=new.kernels.summary() if new.kernels else None)
         except Exception as e:  # one broken output must not undo a swap
             log.warning("%s: model_swapped not recorded: %s", type(sink).__name__, e)
     return new, new.spec.new_buffer(), Smoother(config.smooth, new.num_classes)

@@ -51,6 +51,8 @@ class MqttLink(Sink):
         reconnect_delay_s: (first, longest) wait between reconnection attempts; it doubles in between.
         download_timeout_s: for a deploy that names a URL instead of carrying the model.
         bench_timeout_s: a remote benchmark running longer is stopped.
+        ha_discovery: a :class:`~edge_app.live.ha_discovery.HaDiscovery` (or its prefix, e.g. ``"homeassistant"``):
+            the device also appears in Home Assistant; ``None`` (the default) publishes nothing for it.
 
     Example:
         >>> link = MqttLink("mqtts://kiosk3:pw@broker.lan", "kiosk-03", ca_file="ca.crt",
@@ -63,7 +65,7 @@ class MqttLink(Sink):
                  result_heartbeat_s: float = 30.0, *, result_min_interval_s: float = 0.5,
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, event_buffer: int = 1000,
                  reconnect_delay_s: tuple[float, float] = (1.0, 30.0), download_timeout_s: float = 60.0,
-                 bench_timeout_s: float = 900.0, keepalive_s: int = 30):
+                 bench_timeout_s: float = 900.0, keepalive_s: int = 30, ha_discovery=None):
         self.broker = url if isinstance(url, BrokerUrl) else parse_broker_url(url)
         self.device_id = check_device_id(device_id)
         if isinstance(trust, (str, os.PathLike)):
@@ -103,6 +105,11 @@ class MqttLink(Sink):
                                  download_timeout_s, bench_timeout_s)
         self._threads: list[threading.Thread] = []
         self._outage_logged = False
+        if isinstance(ha_discovery, str):
+            from edge_app.live.ha_discovery import HaDiscovery
+
+            ha_discovery = HaDiscovery(ha_discovery)
+        self._ha = ha_discovery
 
     # -- the Sink calls ---------------------------------------------------------------------------------
 
@@ -114,6 +121,10 @@ class MqttLink(Sink):
             self._model.update(model_facts(info["model"]))
         self._started = time.monotonic()
         self._set_will()
+        if self._ha is not None:
+            self._ha.start(self.device_id, self._version(), info.get("board") or info.get("machine"),
+                           status_every_s=self.status_every_s, result_heartbeat_s=self.result_heartbeat_s,
+                           wake=self._wake.set)
         self._client.reconnect_delay_set(*self.reconnect_delay_s)
         # connect_async + loop_start: the first attempt happens on paho's thread, so an unreachable
         # broker never delays the first frame; paho retries with back-off from then on.
@@ -148,6 +159,8 @@ class MqttLink(Sink):
                                    ("labels", fields.get("labels"))):
                     if value is not None:
                         self._model[key] = value
+                if fields.get("delegate"):
+                    self._info["delegate"] = fields["delegate"]  # read back from the new interpreter
                 self._status_due = True
                 self._set_will()  # takes effect at the next connection
         self._wake.set()
@@ -204,6 +217,7 @@ class MqttLink(Sink):
                   "uptime_s": round(time.monotonic() - self._started, 1), "reopens": self._reopens,
                   "temperature_c": cpu_temperature_c(), "throttled": throttled(), "t": round(time.time(), 3),
                   "hostname": self._info.get("hostname"), "source": self._info.get("source"),
+                  "delegate": self._info.get("delegate"),
                   "trust_key": self._trust_id(), "events_dropped": self._stats["events_dropped"]}
         if why:
             status["reason"] = why
@@ -250,6 +264,8 @@ class MqttLink(Sink):
                     self._client.publish(topic(self.device_id, "status"), self._status_json(online=True), qos=0,
                                          retain=True)
                 next_result = self._maybe_publish_result(now)
+                if self._ha is not None:
+                    next_result = min(next_result, self._ha.pump(self._client, now))
                 # A backlog that filled paho's queue goes on as soon as acks make room.
                 timeout = 0.2 if backlog else max(0.05, min(next_status, next_result) - time.monotonic())
             except Exception as e:  # a bad value in an event or a paho hiccup must not end telemetry
@@ -270,6 +286,8 @@ class MqttLink(Sink):
         if now < allowed_at:
             return allowed_at  # _change_pending stays set: update() will not wake us again meanwhile
         record = {"device_id": self.device_id, **latest.record(with_top_k=True)}
+        if latest.invoke_ms is not None:
+            record["invoke_ms"] = round(latest.invoke_ms, 2)  # the interpreter's part of latency_ms
         info = self._client.publish(topic(self.device_id, "result"), json.dumps(record), qos=0)
         self._stats["results_sent" if info.rc == 0 else "results_dropped"] += 1
         self._published_result, self._published_label, self._result_at = latest, latest.label, now
@@ -318,6 +336,8 @@ class MqttLink(Sink):
         self._connected, self._outage_logged, self._status_due = True, False, True
         self._stats["connects"] += 1
         client.subscribe([(topic(self.device_id, "cmd/model"), 1), (topic(self.device_id, "cmd/bench"), 1)])
+        if self._ha is not None:
+            self._ha.connected(client)
         log.info("mqtt: connected to %s", self.broker)
         self._wake.set()
 
@@ -335,6 +355,10 @@ class MqttLink(Sink):
             log.warning("mqtt: cannot reach the broker %s; classifying on, retrying with back-off", self.broker)
 
     def _on_message(self, client, userdata, message) -> None:
+        if self._ha is not None and self._ha.handles(message):
+            # Home Assistant (re)started: its entities want a state now, not at the next heartbeat.
+            self._status_due, self._published_result, self._result_at = True, None, -1e9
+            return
         # An oversize message arrives cut to its first kB (the broker client never held it whole): its real size.
         self._desk.submit(message.topic.rsplit("/", 1)[-1], message.payload, getattr(client, "oversize", 0))
 

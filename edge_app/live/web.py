@@ -1,4 +1,5 @@
-"""``--web HOST:PORT``: a kiosk page, a live MJPEG view and ``/status`` JSON, served by aiohttp with limits.
+"""``--web HOST:PORT``: a kiosk page, a live MJPEG view, ``/status`` JSON and Prometheus ``/metrics``, served
+by aiohttp with limits.
 
 The server is an asyncio loop on one daemon thread that the :class:`WebView` owns; the routes are in
 :mod:`edge_app.live.web_routes`. The live loop's ``update``/``event`` calls only store the newest result
@@ -89,6 +90,7 @@ class WebView(Sink):
         self.public_view = public_view
         self.keepalive_s = keepalive_s
         self.field = None  # the run's FieldLearning with --learn: the page's review/teach/apply/undo
+        self.metrics = None  # the run's Metrics sink: GET /metrics
         self._lock = threading.Lock()  # the newest frame and result, written by the live loop
         self._frame: Frame | None = None
         self._result: Result | None = None
@@ -184,7 +186,7 @@ class WebView(Sink):
             self._history.appendleft({"t": round(time.time(), 3), "event": name, "detail": detail})
             if name == "model_swapped":
                 self._info = {**self._info, "model": fields.get("model"), "model_sha256": fields.get("new_sha256"),
-                              "num_classes": fields.get("num_classes")}
+                              "num_classes": fields.get("num_classes"), "delegate": fields.get("delegate")}
 
     def status(self) -> dict:
         """What ``/status`` returns: the current result, recent label changes, run and device facts (blocks:

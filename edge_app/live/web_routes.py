@@ -2,7 +2,8 @@
 
 ``/`` (the page: live view, current label and score, recent history, FPS, device), ``/status`` (JSON),
 ``/stream.mjpg`` (``multipart/x-mixed-replace`` MJPEG at most ``max_fps``), ``/frame.jpg`` (one
-snapshot). With ``--learn`` (see :mod:`edge_app.live.field`) the field loop: ``GET /api/collected``,
+snapshot), ``/metrics`` (Prometheus; no token: counts and facts, no images, see
+:mod:`edge_app.live.metrics`). With ``--learn`` (see :mod:`edge_app.live.field`) the field loop: ``GET /api/collected``,
 ``/api/collected/<id>.jpg``, ``/api/labelled``, ``/api/labelled/<class>/<id>.jpg``, ``/api/classes``,
 ``/api/job``, ``/api/versions`` (these need the kiosk token too, unless the run has ``--public-view``),
 and ``POST /api/label|discard|relabel|unlabel|teach|apply|undo`` with a JSON body. Every state-changing
@@ -108,7 +109,12 @@ class Routes:
             return _send(503, "text/plain", b"no frame yet\n") if got is None else _send(200, "image/jpeg", got[1])
         if path == "/stream.mjpg":
             return await self.stream(request)
-        return _send(404, "text/plain", b"not found: try / or /status or /stream.mjpg\n")
+        if path == "/metrics":
+            if view.metrics is None:
+                return _send(404, "text/plain", b"this run keeps no metrics: pip install prometheus_client\n")
+            body, kind = await view.run(view.metrics.exposition, request.headers.get("Accept"))
+            return _send(200, kind, body)
+        return _send(404, "text/plain", b"not found: try / or /status or /stream.mjpg or /metrics\n")
 
     async def api_get(self, request: web.Request, route: str) -> web.Response:
         view = self.view

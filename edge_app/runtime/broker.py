@@ -125,7 +125,7 @@ def _capped_client(mqtt):
     has no way to ask the broker for less. Past ``max_inbound_bytes`` this client keeps only the packet's
     first few kB (topic and request id) and reads the rest in small pieces that it drops, so the message
     still arrives (truncated) and the device can answer it; ``client.oversize`` is then its real size.
-    (The broker's own ``max_packet_size`` stops such messages earlier: see the README's broker set-up.)
+    (The broker's own ``max_packet_size`` stops such messages earlier: see docs/fleet.md, "Mosquitto on a host".)
     It reads paho 2's ``_in_packet``: pyproject pins paho-mqtt below 3, and tests/fleet measure the cap.
     """
 

@@ -10,7 +10,7 @@ import numpy as np
 from edge_app.runtime.artifact import ModelArtifact, read_artifact
 from edge_app.runtime.errors import ModelError
 from edge_app.runtime.images import read_image
-from edge_app.runtime.interpreter import default_num_threads, load_runtime, make_interpreter
+from edge_app.runtime.interpreter import applied_kernels, default_num_threads, load_runtime, make_interpreter
 from edge_app.runtime.labels import match_labels, read_labels
 from edge_app.runtime.novelty import KEY, Reference, read_reference
 from edge_app.runtime.postprocess import Classification, output_scores
@@ -58,6 +58,7 @@ class ImageClassifier:
         self.num_threads = num_threads or default_num_threads()
         self.interpreter = make_interpreter(self.artifact, device, self.num_threads)
         self.runtime = load_runtime()
+        self.kernels = applied_kernels(self.interpreter, device)  # read back: XNNPACK may be missing, silently
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1:
             raise ModelError(f"{self.path} has {len(inputs)} inputs; an image classifier has one")
@@ -178,6 +179,7 @@ class ImageClassifier:
             "runtime_version": self.runtime.version,
             "device": self.device,
             "num_threads": self.num_threads,
+            "kernels": None if self.kernels is None else self.kernels.to_dict(),
             "input": {"size": [self.spec.height, self.spec.width, self.spec.channels],
                       "dtype": np.dtype(self.spec.dtype).name},
             "num_classes": self.num_classes,

@@ -9,7 +9,7 @@ The graph's second output is the embedding, so one invoke gives the class scores
 The score is k-NN (Sun et al., ICML 2022): 1 − the mean cosine similarity to the ``k`` nearest reference
 embeddings. On plantvillage-potato with Coral's ImageNet embedding (``scripts/unknown_scores.py``), photos
 that are not leaves were accepted 0% of the time at 95% of known leaves accepted, against 48% for the max
-softmax probability that ``--threshold`` uses; see the README for the near-unknown figures. A frame costs
+softmax probability that ``--threshold`` uses; docs/unknown.md has the near-unknown figures. A frame costs
 one [M, D] × [D] product; a set of more than ``MAX_SCANNED`` references (a 1000-class base) is searched
 among the references of the ``CANDIDATES`` classes the model scores highest, so the cost stays bounded.
 

@@ -74,6 +74,7 @@ def test_a_model_replaced_during_a_video_run_is_swapped_in_between_two_frames(tm
     swap = events[0]
     assert swap["old_sha256"] == header["model_sha256"] == sha256(IMAGENET_MODEL)
     assert swap["new_sha256"] == sha256(BIRD_MODEL) and swap["num_classes"] == 965
+    assert swap["delegate"].startswith("XNNPACK (")  # read back from the new interpreter, as the header's
     labels = [f["label"] for f in frames]
     first_new = labels.index(BIRD_PARROT)
     assert labels == [PARROT] * first_new + [BIRD_PARROT] * (500 - first_new)

@@ -34,6 +34,8 @@ class Result:
         ranked: the best five ``[(label, score)]`` when field collection needs more than ``top_k``.
         novelty: how unlike the model's reference photos the frame is (smoothed like the scores), for a model
             with a reference set; above its threshold the label is ``unknown``.
+        invoke_ms: the interpreter's own time for this frame (``latency_ms`` also counts capture, decode and
+            pre-processing): ``/metrics``' inference histogram and the MQTT result's ``invoke_ms``.
     """
 
     frame: int
@@ -46,6 +48,7 @@ class Result:
     file: str | None = None
     ranked: list[tuple[str, float]] | None = None
     novelty: float | None = None
+    invoke_ms: float | None = None
 
     @property
     def uncertain(self) -> bool:
