@@ -92,6 +92,26 @@ def read_log(path: Path) -> tuple[dict, list[dict], list[dict]]:
     return records[0]["header"], frames, events
 
 
+def log_records(path: Path) -> list[dict]:
+    """The whole lines of a JSONL log that a running process is still writing (none before it exists)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def wait_until(condition, timeout_s: float = 20.0, what: str = "the condition"):
+    """Poll ``condition()`` until it returns something truthy (returned), or fail after ``timeout_s``."""
+    import pytest
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
 TOKEN = "a-kiosk-token-for-tests-0123456789"
 
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import BIRD_MODEL, IMAGENET_MODEL, REPO, read_log, run_cli, write_video
-from test_swap import BIRD_PARROT, PARROT, log_records, replace_atomically, wait_for
+from support import BIRD_MODEL, IMAGENET_MODEL, REPO, log_records, read_log, run_cli, write_video
+from test_swap import BIRD_PARROT, PARROT, replace_atomically, wait_for
 
 from edge_app.runtime.artifact import read_model_bytes
 from edge_app.runtime.errors import ModelError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, REPO, read_log, write_video
+from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, REPO, log_records, read_log, write_video
 
 from edge_app.live.app import AppConfig, run
 from edge_app.runtime.artifact import flatbuffer_part
@@ -43,12 +42,6 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "it", run: tuple | No
             return got
         time.sleep(0.05)
     raise AssertionError(f"waited {timeout} s for {what}")
-
-
-def log_records(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, missing
+from support import free_port, missing, wait_until  # noqa: F401 (the fleet tests import it from here)
 
 
 def broker_kind() -> str:
@@ -151,17 +151,6 @@ class Broker:
     def restart(self) -> None:
         self.stop(kill=True)
         self.start()
-
-
-def wait_until(condition, timeout_s: float = 20.0, what: str = "the condition"):
-    """Poll ``condition()`` until it returns something truthy (returned), or fail after ``timeout_s``."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 class Subscriber:

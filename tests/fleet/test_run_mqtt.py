@@ -12,7 +12,7 @@ import time
 
 import pytest
 from fleet_support import wait_until
-from support import BIRD_MODEL, IMAGENET_MODEL, REPO, run_cli, write_video
+from support import BIRD_MODEL, IMAGENET_MODEL, REPO, log_records, run_cli, write_video
 
 PARROT, BIRD_PARROT = "macaw", "Ara macao (Scarlet Macaw)"
 
@@ -25,10 +25,6 @@ def statuses(broker) -> dict[str, dict]:
     done = fleet("status", "--broker", broker.url, "--json", "--wait", 1)
     assert done.returncode == 0, done.stderr
     return {s["device_id"]: s for s in json.loads(done.stdout)}
-
-
-def records(log) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")] if log.exists() else []
 
 
 @pytest.fixture
@@ -67,13 +63,13 @@ def test_a_running_device_takes_a_signed_deploy_and_refuses_the_rest(broker, key
     rejected = fleet("deploy", broken, "--to", "kiosk-1", "--key", keys["good"][0], "--broker", broker.url)
     assert rejected.returncode == 1 and "damaged" in rejected.stdout, rejected.stdout + rejected.stderr
     assert model.read_bytes() == IMAGENET_MODEL.read_bytes()  # rolled back
-    assert [e["event"] for e in records(log) if "event" in e] == ["model_rejected"]
+    assert [e["event"] for e in log_records(log) if "event" in e] == ["model_rejected"]
 
     done = fleet("deploy", BIRD_MODEL, "--to", "kiosk-1", "--key", keys["good"][0], "--broker", broker.url)
     assert done.returncode == 0, done.stdout + done.stderr
-    wait_until(lambda: any(r.get("label") == BIRD_PARROT for r in records(log)), 30, "the bird model's labels")
+    wait_until(lambda: any(r.get("label") == BIRD_PARROT for r in log_records(log)), 30, "the bird model's labels")
     assert model.read_bytes() == BIRD_MODEL.read_bytes()
-    frames = [r for r in records(log) if "frame" in r]
+    frames = [r for r in log_records(log) if "frame" in r]
     first_bird = next(i for i, f in enumerate(frames) if f["label"] == BIRD_PARROT)
     assert {f["label"] for f in frames[:first_bird]} == {PARROT}
     assert statuses(broker)["kiosk-1"]["model_sha256"] == hashlib.sha256(BIRD_MODEL.read_bytes()).hexdigest()
@@ -102,7 +98,7 @@ def test_a_broker_that_dies_never_stops_classification(broker, device_run):
     time.sleep(3)
     up_at = time.time()
     broker.start()
-    during = [r for r in records(log) if "frame" in r and down_at < r["t"] < up_at]
+    during = [r for r in log_records(log) if "frame" in r and down_at < r["t"] < up_at]
     assert len(during) > 30, "frames stopped while the broker was down"
     status = wait_until(lambda: (s := statuses(broker).get("kiosk-1")) and s.get("t", 0) > up_at and s, 60,
                         "a fresh status after the broker came back")

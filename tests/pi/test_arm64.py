@@ -14,12 +14,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from support import BIRD_MODEL, IMAGENET_MODEL, REPO, free_port, read_log, write_video
+from support import (
+    BIRD_MODEL,
+    IMAGENET_MODEL,
+    REPO,
+    free_port,
+    log_records,
+    read_log,
+    wait_until,
+    write_video,
+)
 
 from edge_app.runtime import ImageClassifier, make_interpreter
 from edge_app.runtime.interpreter import applied_kernels
@@ -27,20 +34,6 @@ from edge_app.runtime.interpreter import applied_kernels
 pytestmark = pytest.mark.arm64
 PARROT, BIRD_PARROT = "macaw", "Ara macao (Scarlet Macaw)"
 SHIPPED = REPO / "edge_app" / "learn" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
-
-
-def records(log: Path) -> list[dict]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")] if log.exists() else []
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"waited {timeout_s} s for {what}")
 
 
 def test_this_is_the_pi_architecture_and_python_without_tensorflow():
@@ -78,14 +71,14 @@ def test_run_a_video_with_a_live_swap_and_the_kiosk_status(tmp_path, shared):
                              "--threads", "2", "--log", str(log), "--web", f"127.0.0.1:{port}"],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: sum("frame" in r for r in records(log)) >= 3, 240, "3 frames")
+        wait_until(lambda: sum("frame" in r for r in log_records(log)) >= 3, 240, "3 frames")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as response:
             status = json.loads(response.read())
         assert status["run"]["kernels"]["delegate"] == "XNNPACK" and status["run"]["delegate"].startswith("XNNPACK (")
         tmp = model.with_name(".incoming.tflite")
         tmp.write_bytes(BIRD_MODEL.read_bytes())
         os.replace(tmp, model)
-        wait_until(lambda: any(r.get("label") == BIRD_PARROT for r in records(log)), 240, "the bird model's label")
+        wait_until(lambda: any(r.get("label") == BIRD_PARROT for r in log_records(log)), 240, "the bird model's label")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -137,7 +130,7 @@ def test_the_mqtt_link_reports_and_takes_a_signed_deploy_through_the_host_broker
                                "--key", str(private), "--broker", host_broker], cwd=REPO, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
-        wait_until(lambda: any(r.get("label") == BIRD_PARROT for r in records(log)), 240, "the deployed model's label")
+        wait_until(lambda: any(r.get("label") == BIRD_PARROT for r in log_records(log)), 240, "the deployed model's label")
         assert model.read_bytes() == BIRD_MODEL.read_bytes()
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
