@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ DEFAULT_PREFIX = "homeassistant"
 BIRTH_TOPIC = "homeassistant/status"
 FRAME = "frame"  # edgecls/ID/frame: the newest collected frame as JPEG bytes (not retained: a camera image)
 STATUS, RESULT = "status", "result"
+# Anyone who may publish on the birth topic could make every device resend its configs in a loop: a restart
+# of Home Assistant is answered at most once per this long (later births within it are dropped).
+BIRTH_EVERY_S = 10.0
 MANUFACTURER, PRODUCT = "edgecls", "edgecls live classifier"
 _NODE_ID = re.compile(r"[A-Za-z0-9_-]+")  # what Home Assistant accepts as a discovery topic level
 _PREFIX = re.compile(r"[^/+#\x00-\x20]+(?:/[^/+#\x00-\x20]+)*")
@@ -202,16 +206,21 @@ class HaDiscovery:
         self._image_at = -math.inf
         self._frame_topic = ""
         self._wake: Callable[[], None] = lambda: None
+        self._on_birth: Callable[[], None] = lambda: None
+        self._birth_at = -math.inf
         self._too_big_logged = False
 
     def start(self, device_id: str, version: str, hardware: str | None = None, *, status_every_s: float = 5.0,
-              result_heartbeat_s: float = 30.0, wake: Callable[[], None] | None = None) -> None:
-        """Build the configs for ``device_id``; ``wake`` makes the link's publisher look at :meth:`pump` soon."""
+              result_heartbeat_s: float = 30.0, wake: Callable[[], None] | None = None,
+              on_birth: Callable[[], None] | None = None) -> None:
+        """Build the configs for ``device_id``; ``wake`` makes the link's publisher look at :meth:`pump` soon;
+        ``on_birth`` hears that Home Assistant (re)started (its entities want a state now)."""
         self._configs = discovery_configs(
             device_id, self.prefix, version=version, hardware=hardware, image=self.image,
             status_expire_s=max(30, math.ceil(6 * status_every_s)), result_expire_s=math.ceil(3 * result_heartbeat_s))
         self._frame_topic = frame_topic(device_id)
         self._wake = wake or self._wake
+        self._on_birth = on_birth or self._on_birth
         log.info("mqtt: Home Assistant discovery under %s/ (%d entities)", self.prefix,
                  sum(config is not None for config in self._configs.values()))
 
@@ -230,8 +239,11 @@ class HaDiscovery:
         """True for Home Assistant's birth/will topic (ours, not a command); ``online`` there resends the configs."""
         if message.topic != BIRTH_TOPIC:
             return False
-        if message.payload == b"online":
+        now = time.monotonic()
+        if message.payload == b"online" and now - self._birth_at >= BIRTH_EVERY_S:
+            self._birth_at = now
             self._configs_due = True
+            self._on_birth()
             self._wake()
         return True
 

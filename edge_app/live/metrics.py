@@ -42,6 +42,9 @@ PRESET_LABELS = 100
 THROTTLED_EVERY_S = 10.0
 # vcgencmd get_throttled: bits 0-3 are "now" (under-voltage, frequency capped, throttled, soft temperature limit).
 THROTTLED_NOW = 0xF
+# A scrape holds the frames' lock while it encodes (~1 ms): scrapes closer together than this get the same body,
+# so a client hammering /metrics (it needs no token) cannot stall the live loop.
+SCRAPE_REUSE_S = 1.0
 
 
 def make_metrics(model: Callable[[], object], collector=None) -> Metrics | None:
@@ -111,6 +114,7 @@ class Metrics(Sink):
         self._by_label: dict = {}
         self._latest: Result | None = None
         self._described = None  # the classifier whose facts edgecls_model_info holds
+        self._scrapes: dict[str, tuple[float, bytes]] = {}  # content type -> (when, body) of the latest scrape
         self._preset([UNKNOWN, UNCERTAIN])
 
     # --- the live loop's side: O(1) per frame ----------------------------------------------------------------------
@@ -174,13 +178,19 @@ class Metrics(Sink):
             encoder, content_type = choose_encoder(accept or "")
         except (TypeError, ValueError, IndexError):  # "version=junk" raises: the plain format every scraper reads
             encoder, content_type = choose_encoder("")
+        now = time.monotonic()
+        at, body = self._scrapes.get(content_type, (-SCRAPE_REUSE_S, b""))
+        if now - at < SCRAPE_REUSE_S:
+            return body, content_type
         clf = self.model()
         if clf is not None and clf is not self._described:  # a new model: hashed here, once, never on the loop
             self._model_info.info(model_facts(clf))
             self._described = clf
         self._facts.refresh()
         with self._lock:
-            return encoder(self.registry), content_type
+            body = encoder(self.registry)
+        self._scrapes[content_type] = (now, body)
+        return body, content_type
 
 
 def model_facts(clf) -> dict[str, str]:

@@ -124,7 +124,7 @@ class MqttLink(Sink):
         if self._ha is not None:
             self._ha.start(self.device_id, self._version(), info.get("board") or info.get("machine"),
                            status_every_s=self.status_every_s, result_heartbeat_s=self.result_heartbeat_s,
-                           wake=self._wake.set)
+                           wake=self._wake.set, on_birth=self._resend)
         self._client.reconnect_delay_set(*self.reconnect_delay_s)
         # connect_async + loop_start: the first attempt happens on paho's thread, so an unreachable
         # broker never delays the first frame; paho retries with back-off from then on.
@@ -354,11 +354,13 @@ class MqttLink(Sink):
             self._outage_logged = True
             log.warning("mqtt: cannot reach the broker %s; classifying on, retrying with back-off", self.broker)
 
+    def _resend(self) -> None:
+        """Status and the latest result again now (Home Assistant restarted), not at the next heartbeat."""
+        self._status_due, self._published_result, self._result_at = True, None, -1e9
+
     def _on_message(self, client, userdata, message) -> None:
         if self._ha is not None and self._ha.handles(message):
-            # Home Assistant (re)started: its entities want a state now, not at the next heartbeat.
-            self._status_due, self._published_result, self._result_at = True, None, -1e9
-            return
+            return  # Home Assistant's birth topic, not a command
         # An oversize message arrives cut to its first kB (the broker client never held it whole): its real size.
         self._desk.submit(message.topic.rsplit("/", 1)[-1], message.payload, getattr(client, "oversize", 0))
 

@@ -227,6 +227,24 @@ def test_every_frame_counts_whole():
     assert value(families, "edgecls_label_frames", "edgecls_label_frames_total", label="unknown") == n / 4
 
 
+def test_scrapes_within_a_second_share_one_body():
+    # /metrics needs no token: a client hammering it gets the same body and cannot hold the frames' lock.
+    from edge_app.live.metrics import SCRAPE_REUSE_S
+
+    metrics = Metrics(lambda: None)
+    metrics.start({"labels": ["macaw"]})
+    frame, results = _frame_and_results(10)
+    metrics.update(frame, results[0])
+    first, kind = metrics.exposition()
+    metrics.update(frame, results[1])
+    assert metrics.exposition() == (first, kind)
+    time.sleep(SCRAPE_REUSE_S + 0.05)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition()[0].decode())}
+    assert frames(families) == 2
+
+
 def test_without_prometheus_client_the_kiosk_runs_on_without_metrics():
     code = ("import sys, logging; sys.modules['prometheus_client'] = None; logging.basicConfig()\n"
             "from edge_app.live.metrics import make_metrics\n"
