@@ -33,7 +33,15 @@ from converter.report import SCHEMA, check_site, summarize_speed, write_reports
 from converter.source import Source, load_source, stratified_sample
 from converter.targets import TARGETS
 from converter.worker import ConverterProcess
-from edge_app.runtime import default_num_threads, embed_metadata, load_runtime, read_image
+from edge_app.runtime import (
+    default_num_threads,
+    embed_metadata,
+    load_runtime,
+    novelty,
+    read_artifact,
+    read_image,
+)
+from edge_app.runtime.artifact import flatbuffer_part
 from edge_app.runtime.errors import LabelsError
 from edge_app.runtime.files import check_writable, write_bytes, write_json
 from edge_app.runtime.rundir import model_file, read_config, split_items
@@ -144,14 +152,22 @@ def _float_checks(reference: ReferenceModel, source: Source, spec, config: Conve
 
 
 def _edgetpu(full_integer: bytes, int8: dict, out_dir: Path, base_metadata: dict, labels: list[str]) -> dict:
-    """Compile the full-integer int8 graph; it is written beside the CPU's when that one keeps ops in float."""
-    metadata = {**base_metadata, "quant": "int8"}
+    """Compile the full-integer int8 graph; it is written beside the CPU's when that one keeps ops in float.
+
+    When the CPU's int8 variant is full-integer, it is what gets compiled, with its embedding output and its
+    reference set: the Edge TPU copy says ``unknown`` as the int8 variant does (scored in numpy on the device)."""
+    metadata, members = {**base_metadata, "quant": "int8"}, None
     source = Path(int8["path"])
     if int8.get("kept_float") or (int8.get("repair") or {}).get("kept_layers"):
         source = out_dir / model_file("int8", full_integer=True)
         write_bytes(source, embed_metadata(strip_tensor_names(full_integer), {**metadata, "full_integer": True},
                                            labels))
-    result = compile_model(full_integer, source, metadata, labels)
+    elif (int8.get("unknown") or {}).get("enabled"):
+        proven = read_artifact(source, keep_bytes=True)
+        full_integer = flatbuffer_part(proven.data)
+        metadata[novelty.KEY] = proven.metadata[novelty.KEY]
+        members = {novelty.MEMBER: proven.reference}
+    result = compile_model(full_integer, source, metadata, labels, members=members)
     (log.info if result["status"] == "compiled" else log.warning)("Edge TPU: %s", result["message"])
     return result
 

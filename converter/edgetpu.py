@@ -37,8 +37,9 @@ def compiler_platform_ok() -> bool:
 
 
 def compile_model(int8_flatbuffer: bytes, int8_path: Path, metadata: dict, labels: list[str],
-                  timeout_s: float = 300) -> dict:
-    """Compile the bare int8 flatbuffer; write ``<stem>_edgetpu.tflite`` (with metadata) and its log.
+                  timeout_s: float = 300, members: dict[str, bytes] | None = None) -> dict:
+    """Compile the bare int8 flatbuffer; write ``<stem>_edgetpu.tflite`` (with metadata, labels and archive
+    ``members``: the int8 variant's reference set for ``unknown``) and its log.
 
     Returns the report's ``edgetpu`` entry: ``status`` is ``compiled``, ``compiler_not_found``,
     ``unsupported_platform`` or ``failed``, with ``message`` saying what to do next.
@@ -73,7 +74,7 @@ def compile_model(int8_flatbuffer: bytes, int8_path: Path, metadata: dict, label
             return {**out, "status": "failed", "compiler_version": version,
                     "message": f"{COMPILER} failed on {int8_path.name}: {reason}"}
         dest = int8_path.with_name(model_file("int8", edgetpu=True))
-        data = embed_metadata(compiled.read_bytes(), {**metadata, "quant": "int8", "edgetpu": True}, labels)
+        data = embed_metadata(compiled.read_bytes(), {**metadata, "quant": "int8", "edgetpu": True}, labels, members)
         write_bytes(dest, data)
         dest_log = dest.with_suffix(".log")
         write_text(dest_log, text.strip() + "\n")

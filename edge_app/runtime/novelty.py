@@ -10,8 +10,11 @@ The score is k-NN (Sun et al., ICML 2022): 1 − the mean cosine similarity to t
 embeddings. On plantvillage-potato with Coral's ImageNet embedding (``scripts/unknown_scores.py``), photos
 that are not leaves were accepted 0% of the time at 95% of known leaves accepted, against 48% for the max
 softmax probability that ``--threshold`` uses; docs/unknown.md has the near-unknown figures. A frame costs
-one [M, D] × [D] product; a set of more than ``MAX_SCANNED`` references (a 1000-class base) is searched
-among the references of the ``CANDIDATES`` classes the model scores highest, so the cost stays bounded.
+one [M, D] × [D] product: where it can, :class:`~edge_app.runtime.classifier.ImageClassifier` runs it inside
+the graph (:func:`edge_app.learn.rewrite.with_knn`), else :meth:`Reference.score` does it here, the same score
+(the one learn and convert calibrate with). A set of more than ``MAX_SCANNED`` references (a 1000-class base)
+is searched among the references of the ``CANDIDATES`` classes the model scores highest, so the cost stays
+bounded (in numpy).
 
 Example:
     >>> reference = read_reference(artifact.reference, artifact.metadata, "leaves.tflite", np.dtype("uint8"), 1280)
@@ -80,6 +83,11 @@ class Reference:
         object.__setattr__(self, "_rows", {int(c): self.vectors[a:b] for c, a, b in zip(classes, starts, ends,
                                                                                          strict=True)})
 
+    @property
+    def scans_all(self) -> bool:
+        """Whether every frame is compared with every row (else: the rows of a few candidate classes)."""
+        return len(self.vectors) <= MAX_SCANNED or len(self._rows) <= CANDIDATES
+
     def score(self, embedding: np.ndarray, scores: np.ndarray | None = None) -> float:
         """Novelty of one float embedding (0 to 2): 1 − mean cosine to its ``k`` nearest references. ``scores``:
         the model's class scores for it, which pick the classes searched in a large set."""
@@ -98,7 +106,7 @@ class Reference:
     def candidates(self, scores: np.ndarray) -> np.ndarray:
         """The rows a frame with class ``scores`` is compared with: all of a small set; of a large one, those of the
         ``CANDIDATES`` classes scored highest."""
-        if len(self.vectors) <= MAX_SCANNED or len(self._rows) <= CANDIDATES:
+        if self.scans_all:
             return self.vectors
         scores = np.asarray(scores).reshape(-1)
         top = np.argpartition(scores, -CANDIDATES)[-CANDIDATES:] if len(scores) > CANDIDATES else range(len(scores))

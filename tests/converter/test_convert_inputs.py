@@ -14,6 +14,8 @@ import pytest
 from convert_fixtures import LABELS, SIZE, device_pixels, fixture_data_dir, fixture_run_dir, run_cli  # noqa: F401
 
 from edge_app.runtime import ImageClassifier, read_artifact
+from edge_app.runtime.artifact import flatbuffer_part
+from edge_app.runtime.novelty import KEY
 
 pytestmark = pytest.mark.slow
 FAST = ("--runs", "2", "--warmup", "1", "--threads", "1")
@@ -215,6 +217,10 @@ def test_edgetpu_with_a_compiler_on_path(tmp_path, run_dir):
     compiled = out / "model_int8_edgetpu.tflite"
     artifact = read_artifact(compiled)
     assert artifact.labels == LABELS and artifact.metadata["edgetpu"] is True
+    # What was compiled is the proven int8 graph, with its embedding output and reference set: the copy says unknown.
+    int8 = read_artifact(out / "model_int8.tflite")
+    assert artifact.metadata[KEY] == int8.metadata[KEY] and artifact.reference == int8.reference is not None
+    assert flatbuffer_part(compiled.read_bytes()) == flatbuffer_part((out / "model_int8.tflite").read_bytes())
     assert (out / "model_int8_edgetpu.log").read_text().startswith("Edge TPU Compiler version")
     assert "Edge TPU" in (out / "conversion.md").read_text()
 

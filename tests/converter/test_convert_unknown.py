@@ -77,6 +77,11 @@ def test_each_variant_carries_a_reference_set_made_with_itself_and_reports_it(co
         assert metadata[KEY]["threshold"] == unknown["threshold"] and metadata[KEY]["count"] == unknown["references"]
         assert json.loads((out / f"model_{variant['quant']}.json").read_text())[KEY] == metadata[KEY]
         assert variant["size_bytes"] == (out / f"model_{variant['quant']}.tflite").stat().st_size
+        clf = ImageClassifier(path, num_threads=1)  # the k-NN runs in the graph: numpy's score, up to int8 rows
+        assert clf.describe()["unknown"]["scored_in"] == "graph"
+        for photo in sorted(IMAGES.iterdir()):
+            clf.classify(clf.read_image(photo), top_k=1)
+            assert clf.novelty() == pytest.approx(clf.reference.score(clf.embedding()), abs=0.01), photo.name
     int8, fp32 = (read_artifact(out / f"model_{q}.tflite", keep_bytes=True) for q in ("int8", "fp32"))
     assert int8.reference != fp32.reference  # the int8 set holds int8 embeddings from the int8 model
     assert "## Unknown: none of the classes" in (out / "conversion.md").read_text()

@@ -44,6 +44,22 @@ def test_textures_and_photos_are_unknown_and_held_out_leaves_are_not(potato):
     assert kept >= 0.85 * len(leaves), f"only {kept} of {len(leaves)} held-out leaves were accepted"
 
 
+def test_the_graph_computes_the_same_novelty_as_numpy(potato):
+    """The k-NN product runs inside the graph (XNNPACK), the same score as numpy's up to the int8 rows."""
+    model, _ = potato
+    clf = ImageClassifier(model, num_threads=2)
+    assert clf.similarity_detail is not None and clf.describe()["unknown"]["scored_in"] == "graph"
+    assert clf.kernels.builtin_ops.get("TOPK_V2") == 1  # the k-NN's ops are in the graph that runs
+    paths = [*sorted(TEXTURES.rglob("*.jpg"))[::16], *sorted(IMAGES.iterdir()),
+             *[p for label in CLASSES for p in sorted((POTATO / label).iterdir())[100:105]]]
+    for path in paths:
+        clf.classify(clf.read_image(path), top_k=1)
+        numpy_novelty = clf.reference.score(clf.embedding())
+        assert clf.novelty() == pytest.approx(numpy_novelty, abs=0.004), path.name
+    reader = ImageClassifier(read_artifact(model, keep_bytes=True), num_threads=2)  # from bytes: the live swap
+    assert reader.similarity_detail is not None
+
+
 def test_classify_says_unknown_and_a_model_without_a_reference_set_does_not(potato, tmp_path):
     model, _ = potato
     proc = run_cli("classify", model, IMAGES / "parrot.jpg", "--json")
