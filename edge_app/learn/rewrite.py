@@ -103,9 +103,9 @@ def with_knn(data: bytes, output: str, rows: np.ndarray, k: int) -> bytes:
     empty = _empty_buffer(model)
     x = named[0]
     if tensor.type != schema.TensorType.FLOAT32:
-        x = _add_tensor(g, f"{output}/float", tensor.shape, empty)
+        x = _add_tensor(g, KNN_PREFIX + "embedding", tensor.shape, empty)
         _add_op(model, "DEQUANTIZE", 2 if tensor.type == schema.TensorType.INT8 else 1, [named[0]], [x])
-    unit = _add_tensor(g, f"{output}/unit", tensor.shape, empty)
+    unit = _add_tensor(g, KNN_PREFIX + "unit", tensor.shape, empty)
     norm_options = schema.L2NormOptionsT()
     norm_options.fusedActivationFunction = schema.ActivationFunctionType.NONE
     _add_op(model, "L2_NORMALIZATION", 1, [x], [unit], schema.BuiltinOptions.L2NormOptions, norm_options)

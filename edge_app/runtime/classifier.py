@@ -122,7 +122,7 @@ class ImageClassifier:
         reference = self.reference
         try:
             data = self.artifact.data if self.artifact.data is not None else self.path.read_bytes()
-            data = rewrite.with_knn(data, reference.output, reference.vectors, reference.k)
+            data = rewrite.with_knn(data, reference.output, reference.vectors, min(reference.k, len(reference.vectors)))
             interpreter = make_interpreter(replace(self.artifact, data=data), self.device, self.num_threads)
         except Exception as e:  # noqa: BLE001 - a speed-up: whatever stops it, numpy gives the same score
             log.info("%s: 'unknown' scored in numpy (%s)", self.path.name, first_line(e))
