@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime.artifact import ModelArtifact, read_artifact
+from edge_app.runtime.artifact import ModelArtifact, read_artifact, read_model_bytes
 from edge_app.runtime.errors import ModelError, first_line
 from edge_app.runtime.images import read_image
 from edge_app.runtime.interpreter import (
@@ -60,9 +60,11 @@ class ImageClassifier:
                  in_memory: bool = False, embedded_labels_first: bool = False, unknown: bool = True):
         if isinstance(model, ModelArtifact):  # already read and checked (the live swap reads once, then decides)
             self.path, self.artifact = model.path, model
+            data = model.data
         else:
             self.path = resolve_model(model, device)
-            self.artifact = read_artifact(self.path, keep_bytes=in_memory)
+            artifact = read_artifact(self.path, keep_bytes=True)  # read whole anyway; kept for the k-NN rewrite
+            data, self.artifact = artifact.data, artifact if in_memory else replace(artifact, data=None)
         self.device = device
         self.num_threads = num_threads or default_num_threads()
         self.interpreter = make_interpreter(self.artifact, device, self.num_threads)
@@ -95,7 +97,7 @@ class ImageClassifier:
                                             tuple(detail["quantization"]))
         self.similarity_detail: dict | None = None
         if self.reference is not None and self.reference.scans_all and parse_device(device)[0] == "cpu":
-            self._score_in_graph()
+            self._score_in_graph(data)
 
     def _embedding_output(self, outputs: list[dict], strict: bool) -> dict | None:
         """The output carrying the embedding, for a model with a reference set (its metadata names it).
@@ -113,15 +115,16 @@ class ImageClassifier:
                              "it again")
         return named[0]
 
-    def _score_in_graph(self) -> None:
+    def _score_in_graph(self, data: bytes | None) -> None:
         """Run the model with the k-NN product inside its graph (:func:`edge_app.learn.rewrite.with_knn`): XNNPACK
         does it in a few µs where numpy took ~20 beside a 0.2 ms invoke. numpy stays the fallback (tflite-runtime
-        has no flatbuffer schema to edit with; an Edge TPU model keeps its graph as compiled)."""
+        has no flatbuffer schema to edit with; an Edge TPU model keeps its graph as compiled). ``data``: the bytes
+        the metadata and reference set were read from (``None``: the file is read again, as any model is)."""
         from edge_app.learn import rewrite  # graph editing: ai-edge-litert's schema and numpy, no TensorFlow
 
         reference = self.reference
         try:
-            data = self.artifact.data if self.artifact.data is not None else self.path.read_bytes()
+            data = read_model_bytes(self.path) if data is None else data
             data = rewrite.with_knn(data, reference.output, reference.vectors, min(reference.k, len(reference.vectors)))
             interpreter = make_interpreter(replace(self.artifact, data=data), self.device, self.num_threads)
         except Exception as e:  # noqa: BLE001 - a speed-up: whatever stops it, numpy gives the same score
