@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgecls-installed
 
 .PHONY: setup test demo lint clean
-.PHONY: test-pi
+.PHONY: test-pi test-stress
 .PHONY: docs
 
 setup: $(STAMP)
@@ -28,6 +28,12 @@ test: setup
 test-pi: setup
 	pi/pi_root.sh test
 	EDGECLS_TEST_PI=1 $(PY) -m pytest tests/pi/test_parity.py
+
+# The timing-sensitive tests (tests/fleet, the kiosk's web, field and collection tests, swaps, edgecls run) 5 times
+# while two busy loops hold the cores; ends with the runs and the failures (scripts/stress.sh). STRESS_RUNS=N for
+# another count, STRESS_TESTS to pick tests. Not part of `make test`: it takes about 5x those tests' time.
+test-stress: setup
+	PY=$(PY) scripts/stress.sh $(STRESS_TESTS)
 
 # The docs site (mkdocs.yml, docs/) into site/, with no network once the [docs] extra is in: --strict fails
 # on a broken link or anchor, or a page missing from the nav. Needs only MkDocs, not `make setup`'s extras.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -11,44 +10,9 @@ import numpy as np
 from benchmarks.config import BenchError
 from edge_app.runtime import ImageClassifier, list_images
 from edge_app.runtime.errors import ImageError
+from edge_app.runtime.labelled import match_folders  # noqa: F401  (benchmarks' API)
 
 log = logging.getLogger("edgecls")
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", text).strip().casefold()
-
-
-def match_folders(folders: list[str], labels: list[str]) -> tuple[dict[str, int], list[str]]:
-    """Map class-folder names to label indices: ``({folder: index}, [folders matching no label])``.
-
-    A folder matches a label when the names are equal ignoring case, ``_``/``-``/spaces; failing
-    that, when it equals exactly one of a label's synonyms, comma-separated or in brackets (ImageNet's
-    ``"tench, Tinca tinca"`` matches a folder ``tench``, iNat's ``"Ara macao (Scarlet Macaw)"`` a folder
-    ``Scarlet Macaw``). A name that fits two labels this way
-    (ImageNet has two ``crane``s) is reported as unmatched rather than guessed.
-
-    Example:
-        >>> match_folders(["macaw", "military_uniform", "zebra"], ["background", "macaw", "military uniform"])
-        ({'macaw': 1, 'military_uniform': 2}, ['zebra'])
-    """
-    exact: dict[str, list[int]] = {}
-    synonyms: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        exact.setdefault(_norm(label), []).append(i)
-        # "tench, Tinca tinca" and "Ara macao (Scarlet Macaw)" each name one class two ways.
-        for part in re.split(r"[,()]", label):
-            if part.strip():
-                synonyms.setdefault(_norm(part), []).append(i)
-    mapping, unmatched = {}, []
-    for folder in folders:
-        key = _norm(folder)
-        hits = exact.get(key) or synonyms.get(key) or []
-        if len(hits) == 1:
-            mapping[folder] = hits[0]
-        else:
-            unmatched.append(folder)
-    return mapping, unmatched
 
 
 def labelled_images(data: str | Path, labels: list[str], max_per_class: int | None = None

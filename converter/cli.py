@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_unknown(parser, "give every variant its embedding as a second output and a reference set from the train "
                         "split, so it says 'unknown' for what is none of its classes")
     add_unknown_calibration(parser)
+    parser.add_argument("--field", default=None, metavar="DIR",
+                        help="field photos (class folders named like the classes) to measure every variant on, "
+                             "beside the lab check; unset: a run trained with --field uses its held-out field photos")
+    parser.add_argument("--field-map", action="append", default=[], metavar="FOLDER=CLASS",
+                        help="a --field folder whose name is not one of the classes (repeatable)")
     parser.add_argument("--json", action="store_true", help="print conversion.json on stdout")
 
 
@@ -96,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
         max_latency_ms=args.max_latency_ms, edgetpu=args.edgetpu, full_integer=args.full_integer,
         repair=args.repair, repair_budget=args.repair_budget, num_threads=args.num_threads, runs=args.runs,
         warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed, unknown=args.unknown != "off",
-        unknown_accept=args.unknown_accept, unknown_check=args.unknown_check,
+        unknown_accept=args.unknown_accept, unknown_check=args.unknown_check, field=args.field,
+        field_map=tuple(args.field_map),
     )
     report = run(config)
     if args.json:
@@ -106,6 +112,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"{v['quant']:8s} {v['path']}  {v['size_bytes'] / 1e6:.2f} MB  accuracy {100 * v['accuracy']:.2f}% "
                   f"(drop {v['accuracy_drop_pp']:+.2f} pp)  agreement {100 * v['agreement']:.2f}%  "
                   f"p50 {v['latency_ms']['p50']:.2f} ms  {'pass' if v['passed'] else 'FAIL'}")
+            if v.get("field"):
+                f = v["field"]
+                print(f"{'':8s} field: top-1 {100 * f['accuracy']:.1f}% on {f['num_images']} photos"
+                      + (f", unknown {100 * f['unknown_rate']:.0f}%" if "unknown_rate" in f else ""))
         if report.get("speed", {}).get("fastest"):
             print(f"fastest on this machine: {report['speed']['fastest']}")
     if not report["passed"]:

@@ -43,6 +43,8 @@ class ConvertConfig:
         unknown: give every variant the embedding output and a reference set for ``unknown``.
         unknown_accept: the share of the val split's photos the ``unknown`` threshold accepts.
         unknown_check: photos of none of the classes, to report how many each variant calls ``unknown``.
+        field: field photos (class folders, matched by name or ``field_map``) every variant is measured on, beside
+            the lab check; unset, a run trained with ``--field`` is measured on its held-out field photos.
 
     Example:
         >>> config = ConvertConfig.int8("runs/potato", max_accuracy_drop=0.5)
@@ -74,11 +76,13 @@ class ConvertConfig:
     unknown: bool = True
     unknown_accept: float = 0.95
     unknown_check: Path | None = None
+    field: Path | None = None
+    field_map: tuple[str, ...] = ()
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)  # frozen: normalize types once, here
         set_("model", Path(self.model))
-        for name in ("out_dir", "labels", "data", "calibration_data", "unknown_check"):
+        for name in ("out_dir", "labels", "data", "calibration_data", "unknown_check", "field"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         quants = (self.quants,) if isinstance(self.quants, str) else tuple(self.quants)
@@ -121,6 +125,9 @@ class ConvertConfig:
         if self.unknown_check is not None and not self.unknown_check.is_dir():
             raise ConfigError(f"--unknown-check {self.unknown_check} is not a folder; give a folder of photos of "
                               "things that are none of the classes")
+        if self.field is not None and not self.field.is_dir():
+            raise ConfigError(f"--field {self.field} is not a folder; give a folder of class sub-folders of field "
+                              "photos (FIELD/<class>/*.jpg)")
         check_threads(self.num_threads, error=ConfigError)
         if self.runs < 1 or self.warmup < 0:
             raise ConfigError(f"--runs must be 1 or more and --warmup 0 or more, got {self.runs}, {self.warmup}")

@@ -34,6 +34,7 @@ from converter.source import Source, load_source, stratified_sample
 from converter.targets import TARGETS
 from converter.worker import ConverterProcess
 from edge_app.runtime import (
+    ImageClassifier,
     default_num_threads,
     embed_metadata,
     load_runtime,
@@ -45,6 +46,7 @@ from edge_app.runtime.artifact import flatbuffer_part
 from edge_app.runtime.errors import LabelsError
 from edge_app.runtime.files import check_writable, write_bytes, write_json
 from edge_app.runtime.rundir import model_file, read_config, split_items
+from edge_app.runtime.scoring import FIELD_GAP_WARN_PP
 
 log = logging.getLogger("edgecls")
 
@@ -75,6 +77,7 @@ def run(config: ConvertConfig) -> dict:
     source = load_source(config)
     out_dir = config.out_dir or source.run_dir or source.model_path.parent
     check_writable(out_dir, "--out", inside=True)  # before minutes of work, not after
+    field, field_split = field_photos(source, config)  # a bad --field fails now, before minutes of work
     chosen = None  # chosen before TensorFlow loads, so a bad calibration set fails in a second
     if any(TARGETS[q].needs_calibration for q in config.quants):
         chosen = choose_calibration(source.calibration, config.calibration_size, config.seed,
@@ -105,7 +108,9 @@ def run(config: ConvertConfig) -> dict:
                 variants.append(build_cpu_int8(child, flatbuffers[quant], prove, path, config, fp32_p50))
             else:
                 variants.append(prove(flatbuffers[quant], path))
-    _attach_unknown(variants, source, config, threads)
+    _attach_unknown(variants, source, config, threads, field_split)
+    if field is not None:
+        _attach_field(variants, field, threads)
     fp32_size = next((v["size_bytes"] for v in variants if v["quant"] == "fp32"), None)
     for v in variants:
         v["size_vs_fp32"] = round(v["size_bytes"] / fp32_size, 4) if fp32_size else None
@@ -119,8 +124,12 @@ def run(config: ConvertConfig) -> dict:
     return report
 
 
-def _attach_unknown(variants: list[dict], source: Source, config: ConvertConfig, threads: int) -> None:
-    """Each proven variant gets its reference set for 'unknown', computed with itself (see :mod:`converter.unknown`)."""
+def _attach_unknown(variants: list[dict], source: Source, config: ConvertConfig, threads: int,
+                    field: dict | None = None) -> None:
+    """Each proven variant gets its reference set for 'unknown', computed with itself (see :mod:`converter.unknown`);
+    ``field``: a run's field ``train`` photos (taken into the reference set first) and ``val`` photos (which the
+    threshold must accept too)."""
+    field = field or {}
     if not config.unknown:
         return
     val = []
@@ -128,9 +137,54 @@ def _attach_unknown(variants: list[dict], source: Source, config: ConvertConfig,
         val = split_items(source.run_dir, read_config(source.run_dir), "val")
     check = stratified_sample(source.test, config.max_eval_images, config.seed)
     for variant in variants:
-        report = unknown.attach(variant, source.calibration, val, check, config, threads)
+        report = unknown.attach(variant, source.calibration, val, check, config, threads, field.get("val", []),
+                                field.get("train", []))
         if report is not None:
             variant["unknown"] = report
+
+
+def field_photos(source: Source, config: ConvertConfig) -> tuple[dict | None, dict]:
+    """``({"source", "items"} to measure on, or None; the run's field train and val items, for 'unknown')``.
+
+    ``--field DIR`` is measured; without it, a run trained with ``--field`` is measured on its own held-out field
+    test photos. Its field train and val photos (never the measured ones) go into the ``unknown`` reference set
+    and calibration.
+    """
+    from edge_app.runtime.labelled import labelled_folder, parse_map
+
+    recorded = (read_config(source.run_dir).get("field") or {}) if source.run_dir is not None else {}
+    splits = recorded.get("splits") or {}
+    parts = {part: [(Path(p), int(i)) for p, i in splits.get(part, [])] for part in ("train", "val", "test")}
+    if config.field is not None:
+        items, _ = labelled_folder(config.field, source.labels, parse_map(config.field_map, "--field-map"),
+                                   flag="--field", map_flag="--field-map")
+        return {"source": str(config.field), "items": items}, parts
+    if parts["test"]:
+        return {"source": f"the run's held-out field photos ({recorded.get('folder')})", "items": parts["test"]}, parts
+    return None, parts
+
+
+def _attach_field(variants: list[dict], field: dict, threads: int) -> None:
+    """Each variant measured on the field photos exactly as the device runs it (``eval``'s figures), apart from
+    its lab figures; a variant far below its lab accuracy on them says so."""
+    from edge_app.runtime.scoring import score_photos
+
+    for variant in variants:
+        classifier = ImageClassifier(variant["path"], num_threads=threads)
+        result, skipped = score_photos(classifier, field["items"], progress_desc=f"{Path(variant['path']).name}: field")
+        variant["field"] = {k: result[k] for k in ("accuracy", "balanced_accuracy", "num_images", "per_class",
+                                                   "confusion_matrix", "unknown_rate", "known_accepted",
+                                                   "accuracy_accepted") if k in result}
+        variant["field"] |= {"ece": result["calibration"]["ece"], "skipped": len(skipped), "source": field["source"]}
+        gap = 100 * (variant["accuracy"] - result["accuracy"])
+        log.info("%s: field top-1 %.1f%% on %d photos (lab %.1f%%)%s", variant["quant"], 100 * result["accuracy"],
+                 result["num_images"], 100 * variant["accuracy"], "" if "unknown_rate" not in result else
+                 f", unknown {100 * result['unknown_rate']:.0f}%")
+        if gap >= FIELD_GAP_WARN_PP:
+            warning = (f"field top-1 {100 * result['accuracy']:.1f}% is {gap:.0f} points below the lab check: "
+                       "the lab check flatters it; more field photos (train --field, or learn --field on the device) close the gap")
+            variant.setdefault("warnings", []).append(warning)
+            log.warning("%s: %s", variant["quant"], warning)
 
 
 def _float_checks(reference: ReferenceModel, source: Source, spec, config: ConvertConfig) -> Checks:
@@ -259,6 +313,9 @@ def _report(source: Source, reference: ReferenceModel, base_metadata: dict, chec
         "speed": summarize_speed(variants),
         "edgetpu": edgetpu,
     }
+    field = next((v["field"] for v in variants if v.get("field")), None)
+    if field is not None:
+        report["field"] = {"source": field["source"], "num_images": field["num_images"]}
     report["checked_on"] = [check_site(platform.machine(), platform.python_version(), variants)]
     report["passed"] = all(v["passed"] for v in variants) and (edgetpu or {}).get("status") != "failed"
     return report

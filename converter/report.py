@@ -157,6 +157,25 @@ def _unknown(variants: list[dict]) -> list[str]:
     return lines
 
 
+def _field(report: dict) -> list[str]:
+    """Lab and field side by side: the lab check above, the field photos (a kiosk's) here, never pooled."""
+    field = report.get("field")
+    if not field:
+        return []
+    lines = ["", "## Lab and field", "",
+             f"Field photos: {field['num_images']} from {field['source']}, through the same runtime. Lab figures are "
+             "the check above (photos like the training ones); field figures are photos like a kiosk's.", "",
+             "| variant | lab accuracy | field top-1 | field balanced | field unknown | field accuracy among accepted "
+             "| field ECE |", "|---|---|---|---|---|---|---|"]
+    for v in report["variants"]:
+        f = v.get("field")
+        if f:
+            lines.append(f"| {v['quant']} | {_pct(v.get('accuracy'))} | {_pct(f['accuracy'])} | "
+                         f"{_pct(f['balanced_accuracy'])} | {_pct(f.get('unknown_rate'))} | "
+                         f"{_pct(f.get('accuracy_accepted'))} | {f['ece']:.3f} |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """The table a person reads first, then per-class deltas, calibration, graph facts and the Edge TPU step."""
     lines = [f"# Conversion of `{report['model']}`", ""]
@@ -197,6 +216,7 @@ def render_markdown(report: dict) -> str:
                   + f". Smallest: {speed.get('smallest')}."]
     for v in report["variants"]:
         lines += _kept_float(v) + _repair(v)
+    lines += _field(report)
     lines += _unknown(report["variants"])
     lines += _sizes(report["variants"])
     warnings = [(v["quant"], w) for v in report["variants"] for w in v.get("warnings", [])]

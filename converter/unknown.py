@@ -55,9 +55,12 @@ def with_embedding_output(data: bytes) -> bytes:
     return rewrite.with_output(model, embedding)
 
 
-def attach(variant: dict, train: list, val: list, test: list, config, threads: int) -> dict | None:
+def attach(variant: dict, train: list, val: list, test: list, config, threads: int,
+           field_val: list = (), field_train: list = ()) -> dict | None:
     """Compute, check and embed the reference set of one written variant; returns its report (``None`` when the
-    variant has no embedding output). ``train``/``val``/``test``: ``(path, class index)`` items."""
+    variant has no embedding output). ``train``/``val``/``test``: ``(path, class index)`` items; ``field_val``:
+    held-out field photos (a run trained with ``--field``), which the threshold must accept at the same rate;
+    ``field_train``: its field training photos, taken into the reference set first."""
     path = Path(variant["path"])
     artifact = read_artifact(path, keep_bytes=True)
     model = graph.read_model(artifact.data)
@@ -68,15 +71,26 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
     placeholder = {**artifact.metadata, novelty.KEY: novelty.spec(0.0, config.unknown_accept, name, 0, "")}
     clf = ImageClassifier(ModelArtifact(path, placeholder, artifact.labels, artifact.edgetpu, artifact.data),
                           num_threads=threads, unknown=False)
-    train = [train[i] for i in novelty.sample(np.array([label for _, label in train]), POOL_PER_CLASS, config.seed)]
-    _, train_raw, train_y = _run(clf, train, f"{path.name}: reference set")
+    first = np.array([False] * len(train) + [True] * len(field_train))
+    train = [*train, *field_train]
+    pool = novelty.sample(np.array([label for _, label in train]), POOL_PER_CLASS, config.seed, first)
+    train, first = [train[i] for i in pool], first[pool]
+    kept: list[int] = []
+    _, train_raw, train_y = _run(clf, train, f"{path.name}: reference set", kept)
+    first = first[kept]
     if len(train_raw) < 2:
         raise DataError(f"{path.name}: fewer than two readable training photos to make its reference set from")
-    val_p, val_raw, _ = _run(clf, val, f"{path.name}: calibration") if val else (None, None, None)
+    parts = [_run(clf, items, f"{path.name}: calibration{' (field)' * bool(i)}")
+             for i, items in enumerate((val, field_val)) if items]
+    val_p = np.concatenate([p for p, _, _ in parts]) if parts else None
+    val_raw = np.concatenate([r for _, r, _ in parts]) if parts else None
+    is_field = np.concatenate([np.full(len(r), bool(field_val) and i == len(parts) - 1)
+                               for i, (_, r, _) in enumerate(parts)]) if parts else None
     unit_train = novelty.unit_rows(_float(clf, train_raw))
     fitted = novelty.fit(unit_train, train_y, train_raw.itemsize * train_raw.shape[1],
                          len(flatbuffer_part(artifact.data)), config.unknown_accept,
-                         None if val_raw is None else novelty.unit_rows(_float(clf, val_raw)), val_p, config.seed)
+                         None if val_raw is None else novelty.unit_rows(_float(clf, val_raw)), val_p, config.seed,
+                         first=first, field=is_field)
     reference = unit_train[fitted.chosen]
 
     def scores(probabilities, raw):
@@ -124,15 +138,19 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
     return report
 
 
-def _run(clf: ImageClassifier, items: list, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(probabilities [N, C], raw embeddings [N, D], labels [N])`` of the readable images, as the device runs them."""
+def _run(clf: ImageClassifier, items: list, desc: str,
+         kept: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(probabilities [N, C], raw embeddings [N, D], labels [N])`` of the readable images, as the device runs them;
+    ``kept`` (when given) gets the index in ``items`` of each row."""
     scores, embeddings, labels = [], [], []
-    for path, label in progress(items, desc=desc, unit="img", leave=False, disable=len(items) < 50):
+    for i, (path, label) in enumerate(progress(items, desc=desc, unit="img", leave=False, disable=len(items) < 50)):
         try:
             clf.set_input(clf.read_image(path))
         except ImageError as e:
             log.warning("skipping %s", e)
             continue
+        if kept is not None:
+            kept.append(i)
         clf.invoke()
         scores.append(clf.scores().copy())
         embeddings.append(clf.embedding(raw=True).copy())

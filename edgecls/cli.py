@@ -122,6 +122,7 @@ EDGE_COMMANDS = {
     "classify": Command("edge_app.classify", "classify image files with a .tflite model"),
     "run": Command("edge_app.live.app", "live classification from a camera, video, stream or folder"),
     "learn": Command("edge_app.learn.cli", "teach a .tflite classifier new classes from photos, on the device"),
+    "eval": Command("edge_app.evaluate", "accuracy on a labelled folder of lab or field photos, on this machine"),
 }
 
 COMMANDS = {

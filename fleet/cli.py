@@ -187,7 +187,7 @@ def keygen(args) -> int:
 def _signed_model(args) -> tuple[str, dict, dict]:
     """The signing key's id, the model's signature, and the message fields every device gets (before ``id``)."""
     from edge_app.runtime.artifact import is_tflite
-    from edge_app.runtime.broker import MAX_PAYLOAD_BYTES
+    from edge_app.runtime.broker import MAX_PAYLOAD_BYTES, check_model_url
     from edge_app.runtime.signing import key_id, load_private_key, sign_model
     from fleet.client import parse_targets
 
@@ -203,8 +203,8 @@ def _signed_model(args) -> tuple[str, dict, dict]:
     if not is_tflite(data):
         raise ModelError(f"{path} is not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file "
                          "(edgecls convert RUN makes them)")
-    if args.url is not None and not args.url.startswith(("http://", "https://")):
-        raise FleetError(f"--url {args.url}: devices download only http:// or https:// URLs")
+    if args.url is not None:
+        check_model_url(args.url, "--url")  # what every device would refuse: credentials in it, or not http(s)
     if args.url is None and len(data) * 4 // 3 + 1000 > MAX_PAYLOAD_BYTES:
         raise FleetError(f"{path} is {len(data) / 1e6:.0f} MB, too big to send inside a message (devices take "
                          f"{MAX_PAYLOAD_BYTES / 1e6:.0f} MB); serve it over http and pass --url")

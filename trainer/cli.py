@@ -155,6 +155,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=42, metavar="N", help="seed for the split, initialization and shuffling"
     )
     data.add_argument("--gradcam-images", type=int, default=6, metavar="N", help="Grad-CAM overlays to write")
+    field = parser.add_argument_group("field photos (what a kiosk sees: leaves on the plant, not on a plain table)")
+    field.add_argument("--field", default=None, metavar="FIELD",
+                       help="folder of class folders of field photos, named like DATA's classes (case, '_' and "
+                            "spaces ignored); 20%% of each class held out for choosing the best epoch, 20%% for a "
+                            "field test figure of its own")
+    field.add_argument("--field-map", action="append", default=[], metavar="FOLDER=CLASS",
+                       help="a field folder whose name is not one of DATA's classes (repeatable), e.g. "
+                            "tomato_late_blight=Potato___Late_blight")
+    field.add_argument("--field-weight", type=float, default=0.3, metavar="W",
+                       help="share of every epoch made of field photos (they repeat to reach it), with field-style "
+                            "augmentation (crops, light, colour, blur)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -186,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         gradcam_images=args.gradcam_images,
         overwrite=args.overwrite,
+        field=args.field,
+        field_map=tuple(args.field_map),
+        field_weight=args.field_weight,
     )
     run_dir = run(config)
     metrics = json.loads((run_dir / METRICS).read_text())
@@ -194,6 +208,10 @@ def main(args: argparse.Namespace) -> int:
         f"test accuracy {metrics['test_accuracy']:.1%} (balanced {metrics['balanced_accuracy']:.1%}, "
         f"{metrics['num_test']} images); validation {validation['accuracy']:.1%}"
     )
+    if metrics.get("field"):
+        field = metrics["field"]
+        print(f"field test accuracy {field['accuracy']:.1%} (balanced {field['balanced_accuracy']:.1%}, "
+              f"{field['num_images']} field photos held out)")
     print(f"run directory: {run_dir}")
     if not validation["learned"]:
         raise CheckFailed(

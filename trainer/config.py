@@ -51,6 +51,9 @@ class TrainConfig:
     dropout: float = 0.2
     gradcam_images: int = 6
     overwrite: bool = False
+    field: Path | None = None
+    field_map: tuple[str, ...] = ()
+    field_weight: float = 0.3
 
     def __post_init__(self):
         from trainer.backbones import get_backbone
@@ -123,6 +126,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TrainError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not 0 < self.field_weight < 1:
+            raise TrainError(f"--field-weight must be between 0 and 1 (the share of each epoch from field photos), "
+                             f"got {self.field_weight}")
+        if self.field is not None:
+            object.__setattr__(self, "field", Path(self.field).expanduser().resolve())
+            if not self.field.is_dir():
+                raise TrainError(f"--field {self.field}: no such folder; give a folder of class sub-folders of "
+                                 "field photos (FIELD/<class>/*.jpg)")
+        elif self.field_map:
+            raise TrainError("--field-map needs --field FIELD")
         if self.learning_rate is None:
             object.__setattr__(self, "learning_rate", 1e-3)
         if not self.data_dir.is_dir():
@@ -140,4 +153,5 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Every field as JSON-ready values."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}

@@ -67,12 +67,15 @@ def chance_check(targets: np.ndarray, probs: np.ndarray, labels: list[str]) -> d
     }
 
 
-def write_run(run_dir: Path, config, dataset, metrics_: dict, model, test_probs: np.ndarray) -> None:
+def write_run(run_dir: Path, config, dataset, metrics_: dict, model, test_probs: np.ndarray, field=None) -> None:
     """Write everything but ``model.keras`` and ``history.csv`` into ``run_dir``."""
     from trainer import gradcam
 
     write_text(run_dir / rundir.LABELS, "".join(f"{label}\n" for label in dataset.labels))
-    write_json(run_dir / rundir.CONFIG, config_record(config, dataset, model))
+    record = config_record(config, dataset, model)
+    if field is not None:
+        record["field"] = field.record(dataset.labels)
+    write_json(run_dir / rundir.CONFIG, record)
     write_json(run_dir / rundir.METRICS, metrics_)
     history = read_history(run_dir / rundir.HISTORY)
     plot_curves(history, run_dir / "curves.png")

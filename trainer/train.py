@@ -88,10 +88,16 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
     _seed(config.seed)
     scratch = work / ".scratch"
     scratch.mkdir()
+    field = None
+    if config.field is not None:
+        from trainer.field import read_field
+
+        field = read_field(config.field, config.field_map, config.field_weight, dataset.labels,
+                           len(dataset.splits["train"]), config.seed)
     model, backbone = build_classifier(config, len(dataset.labels))
     # A bad --fine-tune-at must fail now, not after the frozen stage has run for an hour.
     fine_tune_from = _fine_tune_from(backbone, config) if config.pretrained and config.fine_tune_epochs else 0
-    data = _pipelines(config, dataset, scratch)
+    data = _pipelines(config, dataset, scratch, field)
     best_path = scratch / "best.weights.h5"
     callbacks = TrainingCallbacks(config, model, best_path, work / rundir.HISTORY)
     started = time.perf_counter()
@@ -99,12 +105,14 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
     timing["fit_s"] = round(time.perf_counter() - started, 1)  # every stage: decoding, feature pass, epochs
     _restore_best(model, best_path)
     metrics, test_probs = _evaluate(model, data, dataset.labels)
+    if field is not None:
+        metrics["field"] = _evaluate_field(model, config, field, dataset.labels)
     metrics |= {"timing": timing, "epochs_trained": callbacks.epochs_done, "best_epoch": callbacks.best_epoch(),
                 "interrupted": interrupted is not None}
     from trainer import report
 
     _save_inference_model(model, work / rundir.KERAS_MODEL)
-    report.write_run(work, config, dataset, metrics, model, test_probs)
+    report.write_run(work, config, dataset, metrics, model, test_probs, field)
     shutil.rmtree(scratch, ignore_errors=True)
     return interrupted
 
@@ -120,15 +128,27 @@ def _seed(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _pipelines(config: TrainConfig, dataset: Dataset, scratch: Path) -> Pipelines:
+def _pipelines(config: TrainConfig, dataset: Dataset, scratch: Path, field=None) -> Pipelines:
     size = int(config.image_size)
+    paths = {s: dataset.paths(s) for s in ("train", "val", "test")}
     y = {s: dataset.targets(s) for s in ("train", "val", "test")}
+    if field is not None:  # repeated to their share of the training and of the validation the best epoch is chosen on
+        for s in ("train", "val"):
+            paths[s] = paths[s] + field.paths(s, repeated=True)
+            y[s] = np.concatenate([y[s], np.array(field.targets(s, repeated=True), np.int64)])
 
     def decoded(split: str):
-        return decoded_dataset(dataset.paths(split), y[split], size, cache_spec(len(y[split]), size, scratch, split))
+        return decoded_dataset(paths[split], y[split], size, cache_spec(len(y[split]), size, scratch, split))
 
     train = decoded("train")
-    augment = make_augmenter(config.seed) if config.augment else None
+    if not config.augment:
+        augment = None
+    elif field is not None:
+        from trainer.field import field_augmenter
+
+        augment = field_augmenter(config.seed)
+    else:
+        augment = make_augmenter(config.seed)
     return Pipelines(
         train_plain=batched(train, config.batch_size),
         train_fit=batched(train, config.batch_size, shuffle=True, seed=config.seed, augment=augment),
@@ -192,6 +212,26 @@ def _evaluate(model, data: Pipelines, labels: list[str]) -> tuple[dict, np.ndarr
                     "answering %r (%.1f%%).\n%s", "!" * 78, 100 * v["accuracy"], v["majority_label"],
                     100 * v["chance_accuracy"], "!" * 78)
     return metrics, probs["test"]
+
+
+def _evaluate_field(model, config: TrainConfig, field, labels: list[str]) -> dict:
+    """The held-out field photos' figures, apart from the lab test's (``metrics.json`` ``field``)."""
+    from trainer import report
+
+    items = field.parts["test"]
+    if not items:
+        log.warning("--field %s: no class has 5 photos or more, so none are held out: no field test figure",
+                    field.folder)
+        return {"num_images": 0, "repeat": field.repeat, "weight": field.weight, "held_out": False}
+    y = np.array([i for _, i in items], np.int64)
+    ds = batched(decoded_dataset([str(p) for p, _ in items], y, int(config.image_size), ""), config.batch_size)
+    result = report.metrics(y, model.predict(ds, verbose=0), labels)
+    log.info("field test: %.1f%% of %d held-out field photos (lab test: see above)", 100 * result["test_accuracy"],
+             len(y))
+    return {"accuracy": result["test_accuracy"], "balanced_accuracy": result["balanced_accuracy"],
+            "num_images": len(y), "per_class": result["per_class"], "confusion_matrix": result["confusion_matrix"],
+            "repeat": field.repeat, "weight": field.weight, "held_out": True,
+            "train_images": len(field.parts["train"]), "val_images": len(field.parts["val"])}
 
 
 def _fit_stages(config, model, backbone, fine_tune_from: int, data: Pipelines, callbacks, verbose: int) -> dict:

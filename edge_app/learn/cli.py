@@ -18,6 +18,8 @@ examples:
   edgecls learn mold/ --base model_int8.tflite --keep-classes --out potato+mold.tflite
   edgecls learn leaves/ --base extractor_edgetpu.tflite --device edgetpu --out leaves_edgetpu.tflite
   edgecls classify leaves.tflite leaf.jpg                    # the output is an ordinary classifier
+  edgecls learn lab/ --base runs/potato/model_int8.tflite --field field/ --out kiosk.tflite
+                                                             # field photos weighted in, 'unknown' set on them too
 
 DATA is a folder of class sub-folders (DATA/<class>/*.jpg), or train/ (+ val/, test/) folders as
 edgecls train takes. Per class, 20% of the photos (classes with 5 or more) are held out to check the
@@ -57,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", default=None, metavar="MODEL",
                         help="also check MODEL (e.g. the one the new model replaces) on the same validation photos")
     add_unknown_calibration(parser)
+    parser.add_argument("--field", default=None, metavar="FIELD",
+                        help="field photos (what the kiosk sees), class folders named like DATA's: weighted in, kept "
+                             "in the reference set, and their held-out part sets the 'unknown' threshold too")
+    parser.add_argument("--field-map", action="append", default=[], metavar="FOLDER=CLASS",
+                        help="a field folder whose name is not one of the classes (repeatable)")
+    parser.add_argument("--field-weight", type=float, default=0.5, metavar="W",
+                        help="share of each class's weight in the fit carried by its field photos")
+    parser.add_argument("--as-field", action="store_true",
+                        help="DATA itself holds field photos (the kiosk's labelled frames): weighed as field photos "
+                             "against what a learned --base remembers of its lab photos")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (even the --base itself)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -71,13 +83,15 @@ def main(args: argparse.Namespace) -> int:
         val_split=args.val_split, seed=args.seed, num_threads=args.num_threads, device=args.device,
         embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std,
         compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite,
-        unknown_accept=args.unknown_accept, unknown_check=Path(args.unknown_check) if args.unknown_check else None))
+        unknown_accept=args.unknown_accept, unknown_check=Path(args.unknown_check) if args.unknown_check else None,
+        field=Path(args.field) if args.field else None, field_map=tuple(args.field_map), field_weight=args.field_weight,
+        as_field=args.as_field))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     checked = [f"{part} accuracy {100 * report[part]['accuracy']:.1f}% (balanced "
                f"{100 * report[part]['balanced_accuracy']:.1f}%) on {report[part]['num_images']} images"
-               for part in ("val", "test") if report.get(part)]
+               for part in ("val", "field_val", "test") if report.get(part)]
     unknown = report.get("unknown") or {}
     if unknown.get("enabled"):
         checked.append(f"'unknown' above novelty {unknown['threshold']:.3f} ({unknown['references']} reference photos"

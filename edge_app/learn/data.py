@@ -9,7 +9,7 @@ import numpy as np
 
 from edge_app.runtime.dataset import scan
 from edge_app.runtime.errors import DataError, LabelsError
-from edge_app.runtime.labels import match_labels, read_labels
+from edge_app.runtime.labels import check_label, label_key, match_labels, read_labels
 
 log = logging.getLogger("edgecls")
 
@@ -30,13 +30,15 @@ def base_labels(artifact, path: Path, labels_file: Path | None, num_classes: int
 
 
 def merge_labels(old: list[str], new: list[str], data: Path) -> list[str]:
-    """Old labels first, then new ones; a folder that differs from an old label only in case is an error."""
-    folded = {label.casefold(): label for label in old}
+    """Old labels first, then new ones; a folder that looks the same as an old label (another case, or accents
+    encoded otherwise: :func:`~edge_app.runtime.labels.check_label`) is an error."""
+    taken: dict[str, str] = {}
+    for label in old:
+        taken.setdefault(label_key(label), label)
     for label in new:
-        if label not in old and label.casefold() in folded:
-            raise LabelsError(f"class folder {data / label} differs only in case from the model's class "
-                              f"{folded[label.casefold()]!r}; rename the folder to {folded[label.casefold()]!r} "
-                              "to add examples to it, or give it a clearly different name")
+        if label not in old:
+            check_label(label, taken, str(data), "class folder", fix="rename the folder to the model's spelling to "
+                        "add examples to that class, or give it a clearly different name")
     return old + [label for label in new if label not in old]
 
 
@@ -78,9 +80,10 @@ def split_parts(dataset, labels: list[str], data: Path, val_split: float, seed: 
     return {part: (paths, np.array(targets, np.int64)) for part, (paths, targets) in parts.items()}
 
 
-def check_readable(dataset, raw: dict, labels: list[str], skipped: list[dict]) -> None:
+def check_readable(dataset, raw: dict, labels: list[str], skipped: list[dict], prefixes=("",)) -> None:
+    """Every class folder of DATA kept a readable photo (``prefixes``: ``field_`` when DATA's parts are named so)."""
     present = set()
-    for part in ("train", "val"):
+    for part in (f"{prefix}{p}" for prefix in prefixes for p in ("train", "val")):
         if part in raw:
             present |= set(raw[part][1].tolist())
     for label in dataset.labels:
@@ -89,3 +92,18 @@ def check_readable(dataset, raw: dict, labels: list[str], skipped: list[dict]) -
                             "remove the folder")
     if skipped:
         log.warning("skipped %d unreadable image(s)", len(skipped))
+
+
+def field_parts(folder: Path, mapping: tuple[str, ...], labels: list[str], val_split: float,
+                seed: int) -> dict[str, tuple[list[Path], np.ndarray]]:
+    """``--field``: its photos matched to ``labels`` by folder name (or ``--field-map``), as ``field_train`` and a
+    held-out ``field_val`` (classes of 5 photos or more); raises :class:`DataError` for a folder matching no class."""
+    from edge_app.runtime.labelled import labelled_folder, parse_map, stratified_split
+
+    items, folders = labelled_folder(folder, labels, parse_map(mapping, "--field-map"), flag="--field",
+                                     map_flag="--field-map")
+    split = stratified_split(items, {"val": val_split} if val_split else {}, seed, MIN_VAL_CLASS)
+    log.info("--field %s: %d field photos (%s)", folder, len(items),
+             ", ".join(f"{f} -> {labels[i]}" for f, i in folders.items()))
+    return {f"field_{part}": ([p for p, _ in chosen], np.array([i for _, i in chosen], np.int64))
+            for part, chosen in split.items() if chosen}

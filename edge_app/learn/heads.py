@@ -48,10 +48,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class sums of normalised embeddings (what extending a model adds to)."""
+def class_means(x: np.ndarray, y: np.ndarray, num_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-class sums of normalised embeddings (what extending a model adds to), each row times its weight."""
     sums = np.zeros((num_classes, x.shape[1]), np.float64)
-    np.add.at(sums, y, _normalise(x.astype(np.float64)))
+    rows = _normalise(x.astype(np.float64))
+    np.add.at(sums, y, rows if weights is None else rows * np.asarray(weights, np.float64)[:, None])
     return sums
 
 
@@ -69,11 +70,12 @@ def imprint(x: np.ndarray, y: np.ndarray, num_classes: int, norm: float | None =
 
 
 def softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-2, steps: int = 300, lr: float = 0.05,
-            seed: int = 0) -> Head:
+            seed: int = 0, weights: np.ndarray | None = None) -> Head:
     """Multinomial logistic regression: class-balanced cross-entropy + ``l2``·|W|², ``steps`` of full-batch Adam.
 
     A fixed budget, no early stopping: measured on potato, stopping on a validation part of a few photos
-    per class lost 5-40 points against this at 5-20 photos per class (scripts/learn_curve.py)."""
+    per class lost 5-40 points against this at 5-20 photos per class (scripts/learn_curve.py). ``weights``: per
+    photo, within its class (``learn --field``: 40 field photos count as much as 700 lab ones of the class)."""
     # Centred and scaled by one number, not per feature: from a few photos many pooled features barely
     # vary, and dividing by their tiny spread would blow them up on every new photo.
     mean = x.mean(axis=0)
@@ -84,7 +86,9 @@ def softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-2, st
     b = np.zeros(num_classes, np.float32)
     onehot = np.eye(num_classes, dtype=np.float32)[y]
     # Balanced: every class weighs the same in the loss, whatever its image count.
-    sample_weight = (len(y) / (num_classes * np.maximum(np.bincount(y, minlength=num_classes), 1)))[y][:, None]
+    w_row = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    mass = np.bincount(y, weights=w_row, minlength=num_classes)
+    sample_weight = (w_row * len(y) / (num_classes * np.maximum(mass, 1e-12)[y]))[:, None].astype(np.float32)
     m = [np.zeros_like(w), np.zeros_like(b)]
     v = [np.zeros_like(w), np.zeros_like(b)]
     for step in range(1, steps + 1):
@@ -98,8 +102,9 @@ def softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-2, st
     return Head("softmax", (w / scale).astype(np.float32), (b - w @ (mean / scale)).astype(np.float32))
 
 
-def fit(kind: str, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> Head:
+def fit(kind: str, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0,
+        weights: np.ndarray | None = None) -> Head:
     """The head ``kind`` (``imprint`` or ``softmax``) fitted on float embeddings ``x`` with labels ``y``."""
     if kind == "imprint":
-        return imprint(x, y, num_classes)
-    return softmax(x, y, num_classes, seed=seed)
+        return imprint(x, y, num_classes, sums=None if weights is None else class_means(x, y, num_classes, weights))
+    return softmax(x, y, num_classes, seed=seed, weights=weights)

@@ -74,6 +74,11 @@ class LearnConfig:
         mean, std: the base's input normalization when its metadata has none (float bases).
         compare: another classifier (the model the new one replaces) to check on the same validation
             photos; its labels are matched by name (a class it does not know counts as wrong).
+        field: a folder of class folders of field photos (what the kiosk sees), matched to the classes by name
+            (``field_map``: ``FOLDER=CLASS`` for the rest); they weigh ``field_weight`` of each class in the fit,
+            are kept first in the reference set, and their held-out part sets the ``unknown`` threshold too.
+        as_field: DATA's own photos are field photos (the kiosk's labelled frames), weighed as ``field`` photos
+            against what a learned base remembers of its (lab) photos.
 
     Example:
         >>> report = learn(LearnConfig(data=Path("leaves"), out=Path("leaves.tflite")))
@@ -97,10 +102,14 @@ class LearnConfig:
     overwrite: bool = False
     unknown_accept: float = novelty.DEFAULT_ACCEPT
     unknown_check: Path | None = None
+    field: Path | None = None
+    field_map: tuple[str, ...] = ()
+    field_weight: float = 0.5
+    as_field: bool = False
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
-        for name in ("data", "out", "base", "labels", "compare", "unknown_check"):
+        for name in ("data", "out", "base", "labels", "compare", "unknown_check", "field"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         if self.head not in heads.HEADS:
@@ -115,6 +124,16 @@ class LearnConfig:
             raise ConfigError(f"--out {self.out} must end in .tflite")
         check_threads(self.num_threads, error=ConfigError)
         check_normalization(self.mean, self.std, ConfigError)
+        if not 0 < self.field_weight < 1:
+            raise ConfigError(f"--field-weight must be between 0 and 1 (the share of each class's weight carried by "
+                              f"its field photos), got {self.field_weight}")
+        if self.field is not None and not self.field.is_dir():
+            raise DataError(f"--field {self.field} is not a folder; give a folder of class sub-folders of field "
+                            "photos (FIELD/<class>/*.jpg)")
+        if self.field_map and self.field is None:
+            raise ConfigError("--field-map needs --field FIELD")
+        if self.as_field and self.field is not None:
+            raise ConfigError("--as-field says DATA holds field photos; give them as DATA or as --field, not both")
         if not self.data.is_dir():
             raise DataError(f"{self.data} is not a folder; give a folder of class sub-folders (DATA/<class>/*.jpg)")
         if self.out.is_dir():
@@ -164,6 +183,10 @@ def learn(config: LearnConfig) -> dict:
     embedder = Embedder(rewrite.cut_at(model, embedding), artifact.metadata, config.device, config.num_threads,
                         config.mean, config.std, base_path.name)
     parts = photos.split_parts(dataset, labels, config.data, config.val_split, config.seed)
+    if config.as_field:  # the kiosk's labelled frames: field photos, weighed against what the base remembers
+        parts = {f"field_{part}" if part in ("train", "val") else part: v for part, v in parts.items()}
+    if config.field is not None:
+        parts |= photos.field_parts(config.field, config.field_map, labels, config.val_split, config.seed)
     raw, read, skipped = {}, {}, []
     for part, (paths, targets) in parts.items():
         if paths:
@@ -171,15 +194,16 @@ def learn(config: LearnConfig) -> dict:
             raw[part] = (vectors, targets[kept])
             read[part] = [path for path, ok in zip(paths, kept, strict=True) if ok]
             skipped += bad
-    photos.check_readable(dataset, raw, labels, skipped)
+    photos.check_readable(dataset, raw, labels, skipped, ("field_",) if config.as_field else ("",))
     embed_s = time.monotonic() - started
 
     # The validation part measures a head fitted without it; the model written is then fitted on every photo
     # (with few photos per class, each one held back costs more than early stopping on a handful buys).
-    every = tuple(p for p in ("train", "val") if p in raw)
+    every = tuple(p for p in ("train", "val", "field_train", "field_val") if p in raw)
+    fitted_on = tuple(p for p in ("train", "field_train") if p in raw)
     final = _fit_parts(raw, every, state, old_labels, old_head, labels, embedder, config)
-    check = final if every == ("train",) else \
-        _fit_parts(raw, ("train",), state, old_labels, old_head, labels, embedder, config)
+    check = final if every == fitted_on else \
+        _fit_parts(raw, fitted_on, state, old_labels, old_head, labels, embedder, config)
     head, counts = final["head"], final["counts"]
     log.info("head: %s (%s), %d classes from %d images (%s per class)", head.kind,
              "chosen by images per class" if config.head == "auto" else "--head", len(labels), int(counts.sum()),
@@ -189,10 +213,14 @@ def learn(config: LearnConfig) -> dict:
     if "val" in raw:
         results["val"] = evaluate(check["head"].scores(embedder.dequantize(raw["val"][0])).argmax(1), raw["val"][1],
                                   labels)
+    if "field_val" in raw:  # beside the lab figure, never pooled with it
+        results["field_val"] = evaluate(check["head"].scores(embedder.dequantize(raw["field_val"][0])).argmax(1),
+                                        raw["field_val"][1], labels)
     if "test" in raw:
         results["test"] = evaluate(head.scores(embedder.dequantize(raw["test"][0])).argmax(1), raw["test"][1], labels)
-    if config.compare is not None and "val" in raw:
-        results["val_before"] = _check_other(config.compare, read["val"], raw["val"][1], labels, config)
+    compared = next((part for part in ("val", "field_val") if part in raw), None)
+    if config.compare is not None and compared is not None:  # the model it replaces, on the same held-out photos
+        results["val_before"] = _check_other(config.compare, read[compared], raw[compared][1], labels, config)
     sums, samples, sample_y = final["sums"], final["samples"], final["sample_labels"]
     unknown, members = unknown_set.reference_set(final, check, raw, embedder, embedding, old_head is not None and not reference_only,
                                 len(flatbuffer_part(base)), config)
@@ -205,7 +233,7 @@ def learn(config: LearnConfig) -> dict:
         data = rewrite.with_output(model, embedding)
     else:
         data = rewrite.with_head(model, embedding, head.weights, head.bias, embedding_output=bool(members))
-        members[STATE] = _state_bytes(labels, sums, counts, samples, sample_y, embedding)
+        members[STATE] = _state_bytes(labels, sums, counts, samples, sample_y, embedding, final["sample_field"])
     write_bytes(config.out, embed_metadata(data, metadata, labels, members))
     report = {
         "schema": "edgecls.learn/1", "model": str(config.out), "base": str(base_path), "data": str(config.data),
@@ -271,6 +299,7 @@ def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels
     """The head fitted on the photos of ``parts`` (plus what a learned base remembers), and the state to store."""
     raw_x = np.concatenate([raw[p][0] for p in parts])
     raw_y = np.concatenate([raw[p][1] for p in parts])
+    is_field = np.concatenate([np.full(len(raw[p][1]), p.startswith("field_")) for p in parts])
     sums = heads.class_means(embedder.dequantize(raw_x), raw_y, len(labels))
     counts = np.bincount(raw_y, minlength=len(labels))
     if state is not None:  # what the learned base remembers of its classes: exact sums, a sample of embeddings
@@ -279,24 +308,40 @@ def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels
         counts[:k] += state["counts"]
         raw_x = np.concatenate([state["samples"].astype(raw_x.dtype), raw_x])
         raw_y = np.concatenate([state["sample_labels"], raw_y])
+        remembered = state.get("sample_field", np.zeros(len(state["sample_labels"]), bool))
+        is_field = np.concatenate([remembered.astype(bool), is_field])
     # Up to SAMPLES_PER_CLASS embeddings per class, kept in the model for refitting when it is extended.
-    kept = novelty.sample(raw_y, SAMPLES_PER_CLASS, config.seed)
+    kept = novelty.sample(raw_y, SAMPLES_PER_CLASS, config.seed, first=is_field)
     samples, sample_labels = raw_x[kept], raw_y[kept]
+    weights = field_weights(raw_y, is_field, config.field_weight) if is_field.any() else None
     if old_head is not None and len(labels) == len(old_labels):  # --keep-classes, no new class: the head as it is
         head = heads.Head(f"{len(labels)} classes kept as they are", *old_head)
     else:
         kind = heads.choose(config.head, counts if old_head is None else counts[len(old_labels):])
-        head = _fit(kind, embedder.dequantize(raw_x), raw_y, sums, labels, old_head, config.seed)
+        x = embedder.dequantize(raw_x)
+        fit_sums = sums if weights is None else heads.class_means(x, raw_y, len(labels), weights)
+        head = _fit(kind, x, raw_y, fit_sums, labels, old_head, config.seed, weights)
     return {"head": head, "sums": sums, "counts": counts, "samples": samples, "sample_labels": sample_labels,
-            "raw_x": raw_x, "raw_y": raw_y}
+            "sample_field": is_field[kept], "raw_x": raw_x, "raw_y": raw_y, "is_field": is_field}
+
+
+def field_weights(y: np.ndarray, is_field: np.ndarray, share: float) -> np.ndarray:
+    """Per photo: 1 for lab photos; within a class that has both, field photos weighted so they carry ``share``
+    of the class's weight (a class with field photos only keeps them at 1)."""
+    weights = np.ones(len(y))
+    for c in np.unique(y[is_field]):
+        lab, field = int(np.sum((y == c) & ~is_field)), int(np.sum((y == c) & is_field))
+        if lab:
+            weights[(y == c) & is_field] = share / (1 - share) * lab / field
+    return weights
 
 
 def _fit(kind: str, x: np.ndarray, y: np.ndarray, sums: np.ndarray, labels: list[str], old_head,
-         seed: int) -> heads.Head:
+         seed: int, weights: np.ndarray | None = None) -> heads.Head:
     if old_head is None:
         if kind == "imprint":  # from the exact per-class sums: old classes keep every image they ever saw
             return heads.imprint(x, y, len(labels), sums=sums)
-        return heads.softmax(x, y, len(labels), seed=seed)
+        return heads.softmax(x, y, len(labels), seed=seed, weights=weights)
     # --keep-classes on a plain classifier: its rows stay as they are. A new row is the class's imprinted
     # direction with the old rows' mean norm; its bias is set so the new class outscores every old class on
     # 95% of its own photos, by KEEP_MARGIN logits (a tie is not a win: frames of one scene are near-identical),
@@ -336,9 +381,9 @@ def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head
                       "kept_classes": len(old_labels), "samples_per_class": SAMPLES_PER_CLASS, "created": created}}
 
 
-def _state_bytes(labels, sums, counts, samples, sample_y, embedding) -> bytes:
+def _state_bytes(labels, sums, counts, samples, sample_y, embedding, sample_field) -> bytes:
     out = io.BytesIO()
     np.savez_compressed(out, labels=np.array(labels), sums=sums.astype(np.float32), counts=counts.astype(np.int64),
                         samples=samples, sample_labels=sample_y.astype(np.int64),
-                        embedding=np.array([embedding.name]))
+                        sample_field=np.asarray(sample_field, bool), embedding=np.array([embedding.name]))
     return out.getvalue()

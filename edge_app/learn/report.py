@@ -4,33 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edge_app.runtime.files import write_json, write_text
-
-
-def evaluate(predictions: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class precision/recall/F1 and the confusion matrix (rows: truth)."""
-    n = len(labels)
-    matrix = np.zeros((n, n), np.int64)
-    np.add.at(matrix, (truth, predictions), 1)
-    support, predicted, correct = matrix.sum(axis=1), matrix.sum(axis=0), np.diag(matrix)
-    per_class = {}
-    for i, label in enumerate(labels):
-        if support[i] == 0 and predicted[i] == 0:
-            continue  # a kept class that was neither shown nor predicted
-        precision = correct[i] / predicted[i] if predicted[i] else 0.0
-        recall = correct[i] / support[i] if support[i] else None
-        f1 = 2 * precision * recall / (precision + recall) if recall and precision + recall else 0.0
-        per_class[label] = {"precision": round(float(precision), 4),
-                            "recall": None if recall is None else round(float(recall), 4),
-                            "f1": round(float(f1), 4), "support": int(support[i])}
-    shown = support > 0
-    return {"accuracy": float(correct.sum() / max(1, len(truth))),
-            "balanced_accuracy": float(np.mean(correct[shown] / support[shown])) if shown.any() else None,
-            "num_images": int(len(truth)), "per_class": per_class,
-            "confusion_matrix": {"labels": [labels[i] for i in np.flatnonzero(shown | (predicted > 0))],
-                                 "rows": matrix[np.ix_(shown | (predicted > 0), shown | (predicted > 0))].tolist()}}
+from edge_app.runtime.scoring import evaluate  # noqa: F401  (learn's API)
 
 
 def report_paths(model: Path) -> tuple[Path, Path]:
@@ -58,7 +33,7 @@ def render_markdown(report: dict) -> str:
              "", f"Embedding {report['seconds']['embedding']} s ({report['embedding_rate_img_s']} images/s), "
              f"fitting {report['seconds']['fit']} s; model {report['size_bytes'] / 1e6:.2f} MB"
              + "".join(f"; p50 {name} {ms} ms" for name, ms in (report.get("latency_p50_ms") or {}).items()) + ".", ""]
-    titles = {"val": "Validation part", "test": "test/"}
+    titles = {"val": "Validation part (lab)", "field_val": "Field photos held out (--field)", "test": "test/"}
     if report.get("val_before"):
         titles["val_before"] = f"The same validation part, `{Path(report['val_before']['model']).name}`"
     for part, title in titles.items():
@@ -93,7 +68,8 @@ def _unknown_lines(unknown: dict | None) -> list[str]:
              f"{unknown['references']} reference photos ({unknown['reference_bytes'] / 1e3:.0f} kB in the model); "
              f"the threshold accepts {_pct(unknown['accept'])} of {unknown['calibrated_on']}.", "",
              "| photos | known accepted | accuracy, all | accuracy, accepted |", "|---|---|---|---|"]
-    for part, title in (("val", "validation part (calibration)"), ("test", "test/")):
+    for part, title in (("val", "validation part (calibration)"), ("field_val", "field photos held out (calibration)"),
+                        ("test", "test/")):
         if unknown.get(part):
             r = unknown[part]
             lines.append(f"| {title}: {r['num_images']} | {_pct(r['known_accepted'])} | {_pct(r['accuracy'])} | "

@@ -35,25 +35,34 @@ def reference_set(final: dict, check: dict, raw: dict, embedder: Embedder, embed
     if len(x) < 2:
         return {"enabled": False, "why": "fewer than two photos: nothing to calibrate on"}, {}
     row_bytes = final["raw_x"].itemsize * embedder.width
-    if "val" in raw:
+    held = [p for p in ("val", "field_val") if p in raw]
+    if held:
         train = novelty.unit_rows(embedder.dequantize(check["raw_x"]))
-        val = embedder.dequantize(raw["val"][0])
+        val = embedder.dequantize(np.concatenate([raw[p][0] for p in held]))
+        field = np.concatenate([np.full(len(raw[p][1]), p == "field_val") for p in held])
         fitted = novelty.fit(train, check["raw_y"], row_bytes, model_bytes, config.unknown_accept,
-                             novelty.unit_rows(val), check["head"].scores(val), config.seed)
+                             novelty.unit_rows(val), check["head"].scores(val), config.seed,
+                             first=check["is_field"], field=field)
     else:
-        fitted = novelty.fit(x, final["raw_y"], row_bytes, model_bytes, config.unknown_accept, seed=config.seed)
+        fitted = novelty.fit(x, final["raw_y"], row_bytes, model_bytes, config.unknown_accept, seed=config.seed,
+                             first=final["is_field"])
     threshold, k, known = fitted.threshold, fitted.k, fitted.known
     # The model keeps a reference set sampled from every photo it was fitted on; the threshold stands as found with
     # the validation photos held out (against the final set, which includes them, they would look more familiar
     # than any new photo).
-    chosen = novelty.sample(final["raw_y"], fitted.per_class, config.seed)
+    chosen = novelty.sample(final["raw_y"], fitted.per_class, config.seed, first=final["is_field"])
     reference, reference_y = x[chosen], final["raw_y"][chosen]
     report: dict = {"enabled": True, "accept": config.unknown_accept, "references": int(len(chosen)), "k": k}
-    if "val" in raw:
-        report["val"] = acceptance(known, threshold, check["head"], embedder.dequantize(raw["val"][0]), raw["val"][1])
+    if held:
+        start = 0
+        for part in held:  # each part's acceptance apart: lab and field photos are different numbers
+            n = len(raw[part][1])
+            report[part] = acceptance(known[start:start + n], threshold, check["head"],
+                                      embedder.dequantize(raw[part][0]), raw[part][1])
+            start += n
         if config.unknown_check is not None:
             report["check"] = unknown_check(config, embedder, check["head"], train[fitted.chosen], fitted.labels,
-                                             known, threshold, k, raw["val"][0])
+                                             known, threshold, k, np.concatenate([raw[p][0] for p in held]))
     elif config.unknown_check is not None:
         log.warning("--unknown-check needs a validation part (classes of 5 photos or more): not measured")
     calibrated_on = fitted.calibrated_on

@@ -116,7 +116,8 @@ class FieldLearning(FrameReview):
                 os.replace(candidate.with_suffix(suffix), self.models / f"{name}{suffix}")
         summary = {"version": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "labels": report["labels"],
                    "new_labels": report["new_labels"], "images_per_class": report["images_per_class"],
-                   "val": _brief(report.get("val")), "val_before": _brief(report.get("val_before")),
+                   "val": _brief(report.get("field_val") or report.get("val")),
+                   "val_before": _brief(report.get("val_before")),
                    "replaces_sha256": self.swapper.sha256}
         self.job = {**self.job, "state": "swapping", **summary}
         outcome = self.swapper.install(data, f"kiosk apply {name}")
@@ -197,6 +198,9 @@ class FieldLearning(FrameReview):
         command = [sys.executable, "-m", "edge_app", "learn", "-q", str(self.labelled), "--base", str(origin),
                    "--out", str(out), "--json", "--threads", str(self.num_threads),
                    "--compare", str(self.swapper.path), "--seed", "0",
+                   # Frames from the kiosk's camera are field photos: weighed against the lab photos the model
+                   # remembers, kept in its reference set first, and setting its 'unknown' threshold.
+                   "--as-field",
                    "--overwrite"]  # the candidate of an apply killed before it was installed may be there
         if read_member(base, STATE) is None:
             # A plain classifier keeps its own classes (its final layer) and gains the labelled ones.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_app.runtime.artifact import is_tflite
+from edge_app.runtime.broker import check_model_url
 from edge_app.runtime.errors import FleetError
 from edge_app.runtime.signing import check_sha256, verify_signature
 
@@ -94,8 +95,8 @@ def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
         raise FleetError("the message needs exactly one of 'model' (base64 bytes) or 'url' (http or https)")
     if model is not None and not isinstance(model, str):
         raise FleetError("'model' must be a base64 string")
-    if url is not None and (not isinstance(url, str) or not re.match(r"https?://", url)):
-        raise FleetError(f"'url' must be an http:// or https:// URL, got {str(url)[:100]!r}")
+    if url is not None:
+        url = check_model_url(url)  # no user:password@ (never fetched, never echoed)
     name = message.get("name")
     name = name if isinstance(name, str) and _NAME.fullmatch(name) and name.endswith(".tflite") else "model.tflite"
     runs, threads = DEFAULT_RUNS, None
@@ -242,7 +243,7 @@ class CommandDesk:
         self.device_id, self.send_ack = device_id, send_ack
         self.trust, self.installer = trust, installer
         self.max_payload_bytes, self.download_timeout_s = max_payload_bytes, download_timeout_s
-        self._deploys: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        self._deploys: queue.Queue[Command | None] = queue.Queue(maxsize=2)
         self._answered: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._bench = BenchRunner(bench_timeout_s)
@@ -265,8 +266,10 @@ class CommandDesk:
             self._worker.join(timeout=2)
 
     def submit(self, cmd: str, payload: bytes, size: int = 0) -> None:
-        """Queue a command (called on paho's network thread: no parsing, no waiting, never raises).
+        """Take a command (called on paho's network thread: never waits, never raises).
 
+        A deploy is parsed here, before it is queued: JSON and a few fields, no base64, no hash, no
+        download, so a malformed message is answered at once and never takes a waiting deploy's place.
         ``size``: the message's real size when the client kept only its first kB (over the cap).
         """
         try:
@@ -284,7 +287,9 @@ class CommandDesk:
                                                       name="mqtt-bench", daemon=True)
                 self._bench_thread.start()
             elif cmd == "model":
-                self._deploys.put_nowait(payload)
+                command = self._parse("model", payload)
+                if command is not None:
+                    self._deploys.put_nowait(command)
             else:
                 raise FleetError(f"unknown command {cmd!r}; this device takes 'model' and 'bench'")
         except queue.Full:
@@ -308,12 +313,13 @@ class CommandDesk:
         except Exception as e:  # the broker went away: the device's log still says what happened
             log.warning("mqtt %s %s: the ack could not be sent: %s", cmd, request, e)
 
-    def _guarded(self, cmd: str, payload: bytes) -> None:
+    def _guarded(self, cmd: str, payload: bytes | Command) -> None:
+        request = payload.id if isinstance(payload, Command) else leading_id(payload)
         try:
             (self._run_bench if cmd == "bench" else self._deploy)(payload)
         except Exception as e:  # a worker must outlive any one command, and the host still gets an answer
             log.warning("mqtt %s failed: %s", cmd, e)
-            self._ack(leading_id(payload), cmd, False, f"the device failed: {type(e).__name__}: {e}"[:500])
+            self._ack(request, cmd, False, f"the device failed: {type(e).__name__}: {e}"[:500])
 
     def _parse(self, cmd: str, payload: bytes) -> Command | None:
         """The command, or None once it is answered (rejected, or a repeat of a request already answered)."""
@@ -330,12 +336,14 @@ class CommandDesk:
         return command
 
     def _deploy_loop(self) -> None:
-        while (payload := self._deploys.get()) is not None and not self._closed:
-            self._guarded("model", payload)
+        while (command := self._deploys.get()) is not None and not self._closed:
+            self._guarded("model", command)
 
-    def _deploy(self, payload: bytes) -> None:
-        command = self._parse("model", payload)
-        if command is None:
+    def _deploy(self, command: Command) -> None:
+        with self._lock:
+            earlier = self._answered.get(command.id)
+        if earlier is not None:  # a repeat that was queued while its first delivery was being installed
+            self.send_ack(earlier)
             return
         try:
             data = fetch_model(command, self.trust, self.max_payload_bytes, self.download_timeout_s)

@@ -12,13 +12,14 @@ import contextlib
 import json
 import os
 import re
-import stat
 import threading
+import unicodedata
 from pathlib import Path
 
 from edge_app.live.collect import INBOX, LABELLED, FrameCollector
 from edge_app.runtime.errors import EdgeclsError
-from edge_app.runtime.files import write_json
+from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded, write_json
+from edge_app.runtime.labels import check_label, label_key
 
 MAX_CLASS_NAME = 64
 # A class name is a folder name: Linux allows 255 bytes (NAME_MAX), and 64 emoji are already 256. 200 leaves
@@ -39,7 +40,7 @@ class Refused(EdgeclsError):
 
 def check_class_name(name: object) -> str:
     """A class name that is safe as a folder name and readable: trimmed, 1-64 characters of at most 200
-    bytes in UTF-8, no path parts.
+    bytes in UTF-8, no path parts, and not one of the kiosk's own verdicts (``unknown``, ``uncertain``).
 
     Example:
         >>> check_class_name("  late blight ")
@@ -56,10 +57,7 @@ def check_class_name(name: object) -> str:
     if size > MAX_CLASS_BYTES:
         raise Refused(f"{name[:16]!r}... is {size} bytes in UTF-8; a class name is a folder name and may take at "
                       f"most {MAX_CLASS_BYTES} (emoji and many scripts take 3-4 bytes a character): shorten it")
-    if name.casefold() in ("uncertain", "unknown"):
-        raise Refused(f"{name!r} is what the kiosk shows for a frame below --threshold ('uncertain') or unlike "
-                      "everything it was taught ('unknown'); choose another name")
-    return name
+    return check_label(name, what="name", error=Refused)  # not 'unknown' or 'uncertain', the kiosk's own verdicts
 
 
 class FrameReview:
@@ -109,22 +107,28 @@ class FrameReview:
     def check_spelling(self, label: object, leaving: str | None = None) -> str:
         """A checked class name that is not another spelling of a class the model or the labelled folders have.
 
-        ``edgecls learn`` refuses classes that differ only in case, so "Macaw" beside the model's "macaw"
-        would fail every later apply. ``leaving`` is the folder a relabelled frame leaves: the way out of a
-        clash made before this check existed.
+        ``edgecls learn`` refuses classes that look the same (:func:`~edge_app.runtime.labels.label_key`), so
+        "Macaw" beside the model's "macaw" would fail every later apply. The same letters with their accents
+        encoded otherwise ("Cafe\\u0301" from one keyboard, "Caf\\xe9" from another) are that class, in its
+        spelling; another case or spacing is refused with the spelling to use. A labelled folder that exists
+        may always be joined (the way out of a clash made before this check existed); ``leaving`` is a folder
+        that goes with this move (a relabelled frame was its last).
         """
-        label = check_class_name(label)
-        folded = label.casefold()
+        label = unicodedata.normalize("NFC", check_class_name(label))
         model = self.swapper.clf.labels
         if label in model:
             return label
-        for name in model:
-            if name.casefold() == folded:
-                raise Refused(f"{label!r} differs only in case from the model's class {name!r}: use {name!r}")
-        for folder in self._class_folders():
-            if folder.name != label and folder.name != leaving and folder.name.casefold() == folded:
-                raise Refused(f"{label!r} differs only in case from the labelled class {folder.name!r}: "
-                              f"use {folder.name!r}")
+        others = [(name, "the model's class") for name in model]
+        folders = [folder.name for folder in self._class_folders()]
+        if label not in folders:  # a new folder: not another spelling of one that stays
+            others += [(name, "the labelled class") for name in folders if name != leaving]
+        key = label_key(label)
+        for name, whose in others:
+            if label_key(name) == key:
+                if unicodedata.normalize("NFC", name) == label:
+                    return name
+                raise Refused(f"{label!r} looks the same as {whose} {name!r} (only case or spacing differ): "
+                              f"use {name!r}")
         return label
 
     def label(self, frame_id: object, label: object) -> dict:
@@ -182,7 +186,8 @@ class FrameReview:
         frame_id = self._check_id(frame_id)
         with self._move:
             source = self._labelled_folder(frame_id)
-            label = self.check_spelling(label, leaving=source.name)
+            last = sum(1 for p in source.iterdir() if p.suffix.lower() == ".jpg") == 1
+            label = self.check_spelling(label, leaving=source.name if last else None)
             if label != source.name:
                 target = self.labelled / label
                 if (target / f"{frame_id}.jpg").exists():
@@ -236,17 +241,12 @@ def _read_image(path: Path, missing: str) -> bytes:
     """A JPEG from the kiosk's folders, checked before it is read: a regular file under :data:`MAX_IMAGE_BYTES`
     (opened non-blocking: a FIFO put in its place cannot hang the reading thread)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
+        return read_bounded(path, MAX_IMAGE_BYTES)
+    except FileTooLarge as e:
+        raise Refused(f"{path.name} is {e.size} bytes: not a kiosk frame (those are under "
+                      f"{MAX_IMAGE_BYTES // 2**20} MB)", 404) from e
+    except (OSError, NotRegularFile) as e:
         raise Refused(missing, 404) from e
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Refused(missing, 404)
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise Refused(f"{path.name} is {info.st_size} bytes: not a kiosk frame (those are under "
-                          f"{MAX_IMAGE_BYTES // 2**20} MB)", 404)
-        return f.read(MAX_IMAGE_BYTES)
 
 
 def _is_frame_id(value: object) -> bool:

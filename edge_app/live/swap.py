@@ -143,8 +143,8 @@ class ModelSwapper:
                 elif self.watch and not self._install.locked() and self._settled():
                     # (an install checks the file it wrote itself: one verdict, one event)
                     self.attempt("file replaced")
-            except Exception as e:  # never let the watcher die: the next change is tried again
-                log.warning("model swap: %s", first_line(e))
+            except Exception as e:  # never let the watcher die: told once, as a rejection; tried again when it changes
+                self._refused(_signature(self.path), f"cannot load {self.path}: {first_line(e)}")
 
     def _settled(self) -> bool:
         """Whether the file changed since it was last read and has stayed unchanged for ``settle_s``."""

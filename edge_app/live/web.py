@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -34,10 +35,17 @@ TOKEN_HEADER = "X-Edgecls-Token"
 ACTIONS = ("label", "discard", "relabel", "unlabel", "teach", "apply", "undo")
 
 # A kiosk has a few browsers of a few connections each (a browser opens at most 6 per host): ten times
-# that is plenty, and each open connection costs the Pi buffers. At the cap, the oldest connection that
-# never completed a request is closed for the new one (a flood of idle sockets cannot lock the page
-# out); when every one is busy, the new one is told 503 and closed at once.
+# that is plenty, and each open connection costs the Pi buffers. At the cap, the connection idle longest
+# (between two requests, or never sent one) is closed for the new one: a flood of idle or kept-alive
+# sockets cannot lock the page out.
 MAX_CONNECTIONS = 64
+# When every one of those is busy (bodies arriving slowly, a stuck disk), this many more are let in, each for
+# one request that arrives whole at once: a visitor is served while the cap is full of slow ones. Past these
+# the new one is told 503 and closed at once.
+RESERVED_CONNECTIONS = 2
+# A browser sends its request the moment it connects: a reserve connection that has not sent a whole request
+# head in this long is one more slow one, and is closed (after its one answer it is closed anyway).
+RESERVE_WAIT_S = 2.0
 # Each MJPEG viewer costs ~300 kB/s of the device's (often Wi-Fi) uplink and a JPEG per frame sent.
 MAX_VIEWERS = 8
 # Idle keep-alive connections, and connections that never finish their first request (nothing sent, or
@@ -48,8 +56,14 @@ KEEPALIVE_S = 15.0
 MAX_LINE_BYTES = MAX_FIELD_BYTES = 8190
 # The largest legitimate body (a label request) is under 1 kB.
 MAX_BODY = 64 * 1024
-# 64 kB arrive in milliseconds on any LAN; a body slower than this is someone holding the connection.
-BODY_TIMEOUT_S = 10.0
+# The floor under a body: after BODY_GRACE_S it must have kept up BODY_MIN_BYTES_PER_S on average, or it is
+# cut (408). The page's bodies are under 1 kB and arrive in milliseconds on any LAN; a body dribbled a byte
+# a second is cut after 2 s, and even a full MAX_BODY has 10 s.
+BODY_GRACE_S = 2.0
+BODY_MIN_BYTES_PER_S = 8 * 1024
+# A body the kiosk refused unread (a wrong token, too big) is read and dropped this long after the answer, so
+# that the client reads the answer rather than a reset; aiohttp's 10 s let a dribbled body hold a connection.
+LINGER_S = BODY_GRACE_S
 # A request whose work (a file move, a listing) takes longer has a stuck disk: it is answered 503.
 HANDLER_TIMEOUT_S = 30.0
 # An MJPEG viewer that stops reading for this long is let go (its frames would pile up in memory).
@@ -105,7 +119,9 @@ class WebView(Sink):
         self._jpeg: tuple[int, bytes] = (-1, b"")
         self._encoding: tuple[int, asyncio.Future] | None = None
         self._accepting = 0  # connections made by the factory, not yet counted by aiohttp
-        self._unserved: dict = {}  # connection -> when it came, until its first request
+        # connection -> since when it runs no request (it came, or its last one ended), idle longest first
+        self._idle: dict = {}
+        self._reserve: dict = {}  # connection let in past the cap -> whether its one request has come
         self._warned: float | None = None
         self._server = self._runner = self._wake = None
         try:
@@ -259,41 +275,73 @@ class WebView(Sink):
         from edge_app.live.web_routes import make_app
 
         self._wake = asyncio.Event()
-        self._runner = web.AppRunner(make_app(self), access_log=None, keepalive_timeout=self.keepalive_s,
+        self._runner = web.AppRunner(make_app(self), access_log=None, logger=_ServerLog(log, None),
+                                     keepalive_timeout=self.keepalive_s, lingering_time=LINGER_S,
                                      max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES)
         await self._runner.setup()
         self._server = await self.loop.create_server(self._connection, host, port, start_serving=False)
-        self.loop.call_later(1.0, self._close_unserved)
+        self.loop.call_later(1.0, self._close_idle)
 
     def _connection(self):
-        """The protocol factory: aiohttp's handler for a new connection, unless :data:`MAX_CONNECTIONS` are open."""
+        """The protocol factory: aiohttp's handler for a new connection, making room at :data:`MAX_CONNECTIONS`.
+
+        At the cap the connection idle longest is closed for the new one; when none is idle, the new one goes
+        on the reserve (:data:`RESERVED_CONNECTIONS`); when that is full too, it is told 503.
+        """
         server = self._runner.server
-        live = [c for c in server.connections if c.transport is not None]
-        if len(live) + self._accepting >= MAX_CONNECTIONS:
-            idle = next((c for c in self._unserved if c.transport is not None), None)
-            self._warn(f"{MAX_CONNECTIONS} connections open, the most it keeps: "
-                       + ("closing the oldest that never sent a request" if idle else "refusing new ones"))
-            if idle is None:
+        open_now = sum(1 for c in server.connections if c.transport is not None) + self._accepting
+        reserve = False
+        if open_now >= MAX_CONNECTIONS:
+            idle = next((c for c in self._idle if c.transport is not None), None)
+            if idle is not None:
+                self._warn(f"{MAX_CONNECTIONS} connections open, the most it keeps: closing the one idle longest "
+                           "for each new one")
+                del self._idle[idle]
+                idle.force_close()
+            elif open_now < MAX_CONNECTIONS + RESERVED_CONNECTIONS:
+                self._warn(f"{MAX_CONNECTIONS} connections open and every one busy: a new one gets one request")
+                reserve = True
+            else:
+                self._warn(f"{MAX_CONNECTIONS + RESERVED_CONNECTIONS} connections open and every one busy: "
+                           "refusing new ones")
                 return _Full()
-            self._unserved.pop(idle)
-            idle.force_close()
         self._accepting += 1
         # Runs just before the new connection's connection_made (both are call_soon, in this order):
         # from then on aiohttp counts it.
         self.loop.call_soon(self._accepted)
         connection = server()
-        self._unserved[connection] = self.loop.time()
+        self._idle[connection] = self.loop.time()
+        if reserve:
+            self._reserve[connection] = False
+            self.loop.call_later(RESERVE_WAIT_S, self._reserve_expired, connection)
         return connection
 
     def _accepted(self) -> None:
         self._accepting -= 1
 
-    def served(self, connection) -> None:
-        """A connection completed a request (the routes' middleware says so): no longer a first-request suspect."""
-        self._unserved.pop(connection, None)
+    def request_started(self, connection) -> None:
+        """A request's head has come on ``connection`` (the routes' middleware says so): it is busy."""
+        self._idle.pop(connection, None)
+        if connection in self._reserve:
+            self._reserve[connection] = True
 
-    def _close_unserved(self) -> None:
-        """Once a second: close connections that have not completed a first request in ``keepalive_s``.
+    def request_ended(self, connection) -> bool:
+        """``connection``'s request is answered: idle from now. True when it was on the reserve, which it leaves
+        (its answer closes it, for the next visitor)."""
+        if connection.transport is not None:
+            self._idle[connection] = self.loop.time()
+        return self._reserve.pop(connection, None) is not None
+
+    def on_reserve(self, connection) -> bool:
+        return connection in self._reserve
+
+    def _reserve_expired(self, connection) -> None:
+        if self._reserve.get(connection) is False:  # no request yet: a slow one, not the visitor it was kept for
+            del self._reserve[connection]
+            connection.force_close()
+
+    def _close_idle(self) -> None:
+        """Once a second: close connections that have run no request for ``keepalive_s``.
 
         aiohttp's keep-alive timer covers a connection between requests; before the first one only
         recent aiohttp versions watch it, and a header dribbled a byte a second must not hold it for ever.
@@ -301,13 +349,13 @@ class WebView(Sink):
         if self.closed.is_set():
             return
         now, current = self.loop.time(), set(self._runner.server.connections)
-        for connection, since in list(self._unserved.items()):
+        for connection, since in list(self._idle.items()):
             if connection not in current and now - since > 1.0:  # gone (or never made): forget it
-                self._unserved.pop(connection)
+                self._idle.pop(connection)
             elif now - since > self.keepalive_s:
-                self._unserved.pop(connection)
+                self._idle.pop(connection)
                 connection.force_close()
-        self.loop.call_later(1.0, self._close_unserved)
+        self.loop.call_later(1.0, self._close_idle)
 
     def _warn(self, message: str) -> None:
         """At most one warning a minute: a flood of connections is one problem, not thousands of lines."""
@@ -358,8 +406,26 @@ class WebView(Sink):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server log, through ours: a malformed request (anyone can send hundreds a second) is one debug
+    line, never a traceback on stderr; aiohttp's own failures keep their traceback, in the debug log too."""
+
+    def log(self, level, msg, *args, exc_info=None, **kwargs) -> None:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        error = (exc_info if isinstance(exc_info, BaseException) else exc_info[1] if isinstance(exc_info, tuple)
+                 else sys.exc_info()[1] if exc_info else None)
+        if isinstance(error, HttpProcessingError):
+            # The message's first line says what was wrong; the next ones echo the client's bytes.
+            lines = [line.strip() for line in str(error.message or error).splitlines() if line.strip()]
+            self.logger.debug("web view: " + msg + ": %s", *args, (lines or [type(error).__name__])[0][:200])
+        else:
+            self.logger.log(logging.DEBUG if error is not None else level, "web view: " + msg, *args,
+                            exc_info=exc_info, **kwargs)
+
+
 class _Full(asyncio.Protocol):
-    """A connection over :data:`MAX_CONNECTIONS` while every open one is busy: told so, and closed at once."""
+    """A connection past the reserve while every open one is busy: told so, and closed at once."""
 
     def connection_made(self, transport) -> None:
         transport.write(FULL)

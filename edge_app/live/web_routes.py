@@ -32,7 +32,8 @@ from edge_app.live.kiosk import PAGE
 from edge_app.live.review import Refused
 from edge_app.live.web import (
     ACTIONS,
-    BODY_TIMEOUT_S,
+    BODY_GRACE_S,
+    BODY_MIN_BYTES_PER_S,
     BOUNDARY,
     HANDLER_TIMEOUT_S,
     MAX_BODY,
@@ -55,19 +56,30 @@ def make_app(view) -> web.Application:
 def _answer_errors(view):
     @web.middleware
     async def answer_errors(request: web.Request, handler) -> web.StreamResponse:
-        view.served(request.protocol)
+        connection = request.protocol
+        view.request_started(connection)
         try:
-            return await handler(request)
-        except Refused as e:
-            return _json(e.status, {"error": str(e)})
-        except web.HTTPException:
-            raise
-        except Exception as e:  # an answer, never a dropped connection; the traceback for whoever debugs
-            log.debug("web view: %s %s failed", request.method, request.path, exc_info=True)
-            return _json(500, {"error": f"the kiosk failed on {request.method} {request.path[:100]}: "
-                                        f"{type(e).__name__}: {first_line(e)[:200]} (run with -v for the details)"})
+            response = await _answer(request, handler)
+        finally:
+            last = view.request_ended(connection)
+        if last:
+            response.force_close()  # a reserve connection serves one request: the slot is free for the next
+        return response
 
     return answer_errors
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Refused as e:
+        return _json(e.status, {"error": str(e)})
+    except web.HTTPException:
+        raise
+    except Exception as e:  # an answer, never a dropped connection; the traceback for whoever debugs
+        log.debug("web view: %s %s failed", request.method, request.path, exc_info=True)
+        return _json(500, {"error": f"the kiosk failed on {request.method} {request.path[:100]}: "
+                                    f"{type(e).__name__}: {first_line(e)[:200]} (run with -v for the details)"})
 
 
 def _json(code: int, obj: dict, headers: dict | None = None) -> web.Response:
@@ -150,6 +162,9 @@ class Routes:
         if view.viewers >= MAX_VIEWERS:
             return _json(503, {"error": f"{MAX_VIEWERS} viewers already watch this kiosk, the most it serves; "
                                         "close one, or poll /frame.jpg"})
+        if view.on_reserve(request.protocol):  # a stream would hold a slot kept for one quick request
+            return _json(503, {"error": "this kiosk has as many connections open as it keeps; poll /frame.jpg, "
+                                        "or try the stream again in a moment"})
         view.viewers += 1
         response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                                "Cache-Control": "no-store"})
@@ -211,11 +226,12 @@ class Routes:
         if request.body_exists and not request.headers.get("Content-Type", "").startswith("application/json"):
             return _json(415, {"error": "send JSON (Content-Type: application/json)"})
         try:
-            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+            raw = await _read_body(request)
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the cap
             return _json(413, {"error": f"a request body is at most {MAX_BODY} bytes"})
         except asyncio.TimeoutError:
-            response = _json(408, {"error": f"the body did not arrive within {BODY_TIMEOUT_S:g} s"})
+            response = _json(408, {"error": f"the body came slower than {BODY_MIN_BYTES_PER_S} bytes/s after "
+                                            f"{BODY_GRACE_S:g} s; the kiosk cut it"})
             response.force_close()
             return response
         try:
@@ -242,3 +258,20 @@ class Routes:
         if action == "apply":
             return field.apply()
         return field.undo()
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body (at most ``MAX_BODY``), or ``asyncio.TimeoutError`` once it falls under the floor: after
+    ``BODY_GRACE_S``, ``BODY_MIN_BYTES_PER_S`` on average (aiohttp has a size cap, no rate)."""
+    loop = asyncio.get_running_loop()
+    started, body = loop.time(), bytearray()
+    while True:
+        # When what came so far stops being enough: the next bytes must come before then.
+        deadline = started + BODY_GRACE_S + len(body) / BODY_MIN_BYTES_PER_S
+        # 1 ms at least: bytes already here are taken even by a loop that ran late.
+        chunk = await asyncio.wait_for(request.content.readany(), max(deadline - loop.time(), 0.001))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY, len(body))

@@ -13,12 +13,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_app.runtime.errors import ModelError
+from edge_app.runtime.files import NotRegularFile, open_regular
 from edge_app.runtime.labels import parse_labels
 
 METADATA_NAME = "edgecls.json"
@@ -97,29 +97,28 @@ def read_model_bytes(model: str | os.PathLike, what: str = "model") -> bytes:
     """
     path = Path(model)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        f, info = open_regular(path)
     except FileNotFoundError as e:
         raise ModelError(f"{what} {path} does not exist; pass a .tflite file or a run directory") from e
+    except NotRegularFile as e:
+        raise ModelError(f"{what} {path} is {e}, not a model file; put a .tflite file there") from e
     except OSError as e:
         raise ModelError(f"cannot read {what} {path}: {e.strerror}") from e
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
-            "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else \
-            "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file"
-        raise ModelError(f"{what} {path} is {kind}, not a model file; put a .tflite file there")
-    with os.fdopen(fd, "rb") as f:
+    with f:
         cap = max_model_bytes()
         if info.st_size > cap:
             raise ModelError(f"{what} {path} is {info.st_size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB a model may "
                              f"be here; is it the right file? (a larger model: set {MAX_MODEL_MB_ENV})")
-        head = f.read(8)
-        if not is_tflite(head):
-            hint = "convert it first: edgecls convert MODEL" if path.suffix in (".keras", ".h5", ".pb") else \
-                "pass a .tflite model file"
-            raise ModelError(f"{what} {path} is not a TFLite model (no 'TFL3' flatbuffer identifier); {hint}")
-        data = head + f.read(info.st_size - len(head) + 1)  # one byte more: a file still growing is caught
+        try:
+            head = f.read(8)
+            if not is_tflite(head):
+                hint = "convert it first: edgecls convert MODEL" if path.suffix in (".keras", ".h5", ".pb") else \
+                    "pass a .tflite model file"
+                raise ModelError(f"{what} {path} is not a TFLite model (no 'TFL3' flatbuffer identifier); {hint}")
+            data = head + f.read(info.st_size - len(head) + 1)  # one byte more: a file still growing is caught
+        except OSError as e:
+            # A regular file can still fail to read (/proc/self/mem: EIO; a failing SD card): say which, once.
+            raise ModelError(f"cannot read {what} {path}: {e.strerror or e}; put a .tflite file there") from e
     if len(data) != info.st_size:
         raise ModelError(f"{what} {path} changed size while it was read ({info.st_size} bytes, then "
                          f"{len(data)}{'+' if len(data) > info.st_size else ''}); is it still being copied? "

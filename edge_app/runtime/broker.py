@@ -86,6 +86,55 @@ def parse_broker_url(url: str, flag: str = "--mqtt") -> BrokerUrl:
                      username=username, password=password)
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for a message or a log: whatever stands between ``//`` and an ``@`` becomes ``***``.
+
+    Up to the last ``@`` before a query: a password may hold an unescaped ``/`` or ``@`` that moves where a
+    parser thinks the host starts, and this is only ever shown, never fetched.
+
+    Example:
+        >>> shown_url("https://ci:hunter2@files.lan/m.tflite")
+        'https://***@files.lan/m.tflite'
+    """
+    return re.sub(r"//[^?#]*@", "//***@", url, count=1)
+
+
+def check_model_url(url: object, flag: str = "'url'") -> str:
+    """An http(s) URL a device may download a model from (``deploy --url``, a command's ``url``).
+
+    One with a user name or password is refused, on the host before it is sent and on the device before
+    anything is fetched: a deploy message travels through the broker to every device it names (and into
+    their logs and acks), and a device sends no credentials. The model's signature is what makes a download
+    safe, so a plain or signed, short-lived URL is all a device needs. Nothing said about a refused URL
+    shows its credentials.
+
+    Raises:
+        FleetError: not an http(s) URL, no host, or credentials in it.
+
+    Example:
+        >>> check_model_url("https://files.lan/m.tflite")
+        'https://files.lan/m.tflite'
+    """
+    shown = shown_url(str(url))[:100]
+    if not isinstance(url, str) or not re.match(r"https?://", url):
+        raise FleetError(f"{flag} must be an http:// or https:// URL, got {shown!r}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        # The parser's own message is left out: it may quote a password that hid the port.
+        raise FleetError(f"{flag} {shown!r} is not a URL that can be fetched: its host or port cannot be "
+                         "read") from None
+    if "@" in parts.netloc:
+        raise FleetError(f"{flag} {shown!r} carries a user name or password; devices send no credentials, and a "
+                         "deploy message travels through the broker to every device it names. Serve the model "
+                         "at a URL without credentials (e.g. a signed, short-lived URL): each device checks the "
+                         "model's signature before installing it")
+    if not parts.hostname:
+        raise FleetError(f"{flag} {shown!r} has no host; use http(s)://HOST/PATH")
+    return url
+
+
 def check_device_id(device_id: str, flag: str = "--device-id") -> str:
     """A device id is a topic level: letters, digits, ``_ . -``, at most 64, no MQTT wildcards or slashes."""
     if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.runtime.errors import DataError, EdgeclsError, ImageError
+from edge_app.runtime.labels import check_labels
 from edge_app.runtime.rundir import SPLITS
 
 log = logging.getLogger("edgecls")
@@ -87,6 +88,8 @@ def _scan_classes(root: Path, labels: Sequence[str] | None = None, error=DataErr
             f"{root} is empty: no class folders; give a folder of class sub-folders "
             "(DATA/<class>/*.jpg) with jpg/png/bmp/webp images"
         )
+    if labels is None:  # the classes themselves (val/ and test/ must then use exactly these names)
+        check_labels([p.name for p in folders], str(root), "class folder", error)
     found = {}
     for folder in folders:
         if labels is not None and folder.name not in labels:
@@ -135,7 +138,8 @@ def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed
 
     Raises:
         DataError (or ``error``): an empty dataset, an empty class folder, a single class, a class left with
-            no readable images, or a class too small to split.
+            no readable images, a class too small to split, or a class name no class may have
+            (:func:`edge_app.runtime.labels.check_label`: ``unknown``, ``uncertain``, two that look the same).
 
     Example:
         >>> ds = scan(Path("plants"), seed=1)

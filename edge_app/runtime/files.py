@@ -1,8 +1,12 @@
-"""Atomic file writes: an interrupted run never leaves a half-written model, report or log.
+"""Atomic file writes, and bounded reads of files that come from outside.
 
 Every output goes through here, so every output problem reads the same: :func:`check_writable`
 before the work starts, and any ``OSError`` while writing becomes one :class:`OutputError` line
 naming the file (exit 2) instead of a traceback after the work is done.
+
+Every input file is checked before it is read (:func:`open_regular`, :func:`read_bounded`): a path from outside
+may name a FIFO (an ``open`` that blocks for ever), a device (``/dev/zero``: endless bytes) or a 1 GB sparse
+file, and a careless ``read_bytes()`` takes the device's memory with it.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from edge_app.runtime.errors import OutputError
 
@@ -27,6 +33,77 @@ _FIXES = {
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
     errno.EISDIR: "that is a folder: give a file name",
 }
+
+
+class NotRegularFile(Exception):
+    """A path that names a folder, FIFO, device or socket; the message says which (``"a FIFO"``)."""
+
+
+class FileTooLarge(Exception):
+    """A regular file over the cap it was read with (``size`` and ``cap`` in bytes)."""
+
+    def __init__(self, size: int, cap: int):
+        super().__init__(f"{size / 1e6:.1f} MB, over the {cap / 1e6:.0f} MB cap")
+        self.size, self.cap = size, cap
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, from its ``st_mode``."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+def open_regular(path: str | os.PathLike) -> tuple[BinaryIO, os.stat_result]:
+    """Open ``path`` for reading and ``fstat`` it; only a regular file comes back.
+
+    Non-blocking, so a FIFO put in a file's place cannot hang the open; the checks are on the opened file, so
+    the path cannot be swapped between the check and the read.
+
+    Raises:
+        OSError: the open failed (``FileNotFoundError``, ``PermissionError``, ...).
+        NotRegularFile: a folder, FIFO, device or socket.
+
+    Example:
+        >>> f, info = open_regular("model.tflite")
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(file_kind(info.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb"), info
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, checked before they are read.
+
+    At most ``max_bytes + 1`` bytes are ever read: a file that grows past the cap while it is read (or a
+    ``/proc`` file whose size says 0) is refused too.
+
+    Raises:
+        OSError: the open or a read failed (a missing file, permissions, an I/O error).
+        NotRegularFile: a folder, FIFO, device or socket.
+        FileTooLarge: over ``max_bytes``.
+
+    Example:
+        >>> data = read_bounded("parrot.jpg", 64_000_000)
+    """
+    f, info = open_regular(path)
+    with f:
+        if info.st_size > max_bytes:
+            raise FileTooLarge(info.st_size, max_bytes)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(len(data), max_bytes)
+    return data
 
 
 def output_error(path: str | os.PathLike, error: OSError) -> OutputError:

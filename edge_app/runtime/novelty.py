@@ -146,13 +146,20 @@ def sizes(num_classes: int, row_bytes: int, model_bytes: int) -> tuple[int, int]
     return per_class, min(K, per_class)
 
 
-def sample(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+def sample(labels: np.ndarray, per_class: int, seed: int = 0, first: np.ndarray | None = None) -> np.ndarray:
     """Indices of a seeded random sample of up to ``per_class`` rows of each class (sorted).
 
     Random, not chosen to spread out: it keeps each class's density, which is what a near neighbour reads.
+    ``first``: rows taken before the others of their class (field photos: a few of them among hundreds of lab
+    photos would rarely be drawn, and a field leaf then has no near neighbour to be accepted by).
     """
     rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    chosen = []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        if first is not None:
+            rows = rows[np.argsort(~np.asarray(first, bool)[rows], kind="stable")]
+        chosen.append(rows[:per_class])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
@@ -196,21 +203,30 @@ class Fitted:
 
 
 def fit(x: np.ndarray, y: np.ndarray, row_bytes: int, model_bytes: int, accept: float = DEFAULT_ACCEPT,
-        held_out: np.ndarray | None = None, held_out_scores: np.ndarray | None = None, seed: int = 0) -> Fitted:
+        held_out: np.ndarray | None = None, held_out_scores: np.ndarray | None = None, seed: int = 0,
+        first: np.ndarray | None = None, field: np.ndarray | None = None) -> Fitted:
     """Choose a reference set from unit rows ``x`` (classes ``y``; stored as ``row_bytes`` each, for a model of
     ``model_bytes``) and set the threshold that accepts ``accept``
     of ``held_out`` (unit rows of other photos of the classes; ``held_out_scores``: the model's class scores of
-    them); without them, of the reference photos each left out of its own neighbours.
+    them); without them, of the reference photos each left out of its own neighbours. ``first``: rows of ``x``
+    the sample takes first (field photos). ``field``: which held-out photos are field photos; then the threshold
+    accepts ``accept`` of the lab ones *and* of the field ones (the looser of the two), so the few field photos
+    are not outvoted by many lab ones when it is set.
 
     Example:
         >>> fitted = fit(unit_rows(train), train_labels, 1280, len(model), 0.95, unit_rows(val), head.scores(val))
         >>> reference, threshold = train[fitted.chosen], fitted.threshold
     """
     per_class, k = sizes(len(np.unique(y)), row_bytes, model_bytes)
-    chosen = sample(y, per_class, seed)
+    chosen = sample(y, per_class, seed, first)
     if held_out is not None and len(held_out):
         known = reference_novelty(x[chosen], y[chosen], held_out, k, held_out_scores)
         on = f"{len(held_out)} held-out photos"
+        if field is not None and np.any(field):
+            field = np.asarray(field, bool)
+            groups = [known[field]] + ([known[~field]] if (~field).any() else [])
+            on = f"{int(field.sum())} held-out field photos and {int((~field).sum())} lab photos, each group"
+            return Fitted(chosen, y[chosen], k, per_class, max(calibrate(g, accept) for g in groups), known, on)
     else:
         known = knn_novelty(x[chosen], x[chosen], k, exclude_self=True)
         on = f"{len(chosen)} reference photos, each left out"

@@ -94,3 +94,46 @@ def test_unknown_off_converts_as_before(run_dir, tmp_path):
     assert "unknown" not in json.loads(proc.stdout)["variants"][0]
     clf = ImageClassifier(tmp_path / "model_fp32.tflite")
     assert clf.reference is None and len(clf.interpreter.get_output_details()) == 1
+
+
+def _field_photos(root, seed: int = 5, per_class: int = 8):
+    """Field-like photos of the fixture's classes: drawn anew, blurred and darkened, in folders named another way."""
+    import cv2
+    from convert_fixtures import draw
+
+    rng = np.random.default_rng(seed)
+    for index, folder in enumerate(("Circles", "horizontal_stripes", "VERTICAL-STRIPES")):
+        (root / folder).mkdir(parents=True)
+        for i in range(per_class):
+            image = cv2.GaussianBlur(draw(index, rng), (5, 5), 1.5) * 0.6
+            cv2.imwrite(str(root / folder / f"f{i}.png"), image.astype(np.uint8))
+    return root
+
+
+def test_field_photos_are_measured_beside_the_lab_check(run_dir, tmp_path):
+    field = _field_photos(tmp_path / "field")
+    proc = run_cli("convert", run_dir, "--out", tmp_path / "out", "--quant", "fp32", "int8", "--calibration-size",
+                   "30", "--runs", "3", "--warmup", "1", "--threads", "1", "--max-accuracy-drop", "20",
+                   "--field", field, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["field"] == {"source": str(field), "num_images": 24}
+    for variant in report["variants"]:
+        f = variant["field"]
+        assert f["num_images"] == 24 and 0 <= f["accuracy"] <= 1 and "unknown_rate" in f
+        rows = dict(zip(f["confusion_matrix"]["labels"], f["confusion_matrix"]["rows"], strict=True))
+        assert [sum(rows[label]) for label in LABELS] == [8, 8, 8]
+    # The same figure as `edgecls eval` gives the written model: one implementation.
+    int8 = next(v for v in report["variants"] if v["quant"] == "int8")
+    evaluated = json.loads(run_cli("eval", int8["path"], field, "--json").stdout)
+    assert evaluated["accuracy"] == int8["field"]["accuracy"]
+    assert evaluated["unknown_rate"] == int8["field"]["unknown_rate"]
+    assert "## Lab and field" in (tmp_path / "out" / "conversion.md").read_text()
+
+
+def test_a_field_folder_the_model_lacks_fails_before_converting(run_dir, tmp_path):
+    field = _field_photos(tmp_path / "field", per_class=2)
+    (field / "triangles").mkdir()
+    proc = run_cli("convert", run_dir, "--out", tmp_path / "out", "--quant", "fp32", "--field", field)
+    assert proc.returncode == 2 and "triangles" in proc.stderr and "--field-map triangles=CLASS" in proc.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -112,6 +112,27 @@ def test_bad_models_labels_devices(shared, tmp_path, model, extra, message):
     assert message in lines[0]
 
 
+def test_a_label_file_with_look_alike_or_reserved_names_is_refused(shared, tmp_path):
+    """Regression (hostile-input issue, defects 2 and 3): a label file whose classes look the same ("Café" with
+    its accent as one character or two) or are named as the app's own verdicts is one line, exit 2. The same
+    spelling twice is the model's own fact: ImageNet's file names a bird and a machine 'crane'."""
+    labels = (MODELS / "imagenet_labels.txt").read_text().splitlines()
+    assert labels.count("crane") == 2
+    said = {}
+    for name, (first, second) in [("twins", ("Caf\u00e9", "Cafe\u0301")), ("case", ("Macaw", "macaw")),
+                                  ("reserved", ("tench", "Unknown"))]:
+        path = tmp_path / f"{name}.txt"
+        path.write_text("\n".join([labels[0], first, second, *labels[3:]]) + "\n", encoding="utf-8")
+        result = run_cli("classify", IMAGENET_MODEL, PARROT, "--labels", path)
+        assert result.returncode == 2, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"edgecls classify: error: label file {path}: "), lines
+        said[name] = lines[0]
+    assert "looks the same as" in said["twins"] and "'Cafe\\u0301'" in said["twins"] and "'Caf\\xe9'" in said["twins"]
+    assert "'macaw' looks the same as 'Macaw' (it differs only in case)" in said["case"]
+    assert "'Unknown' cannot be a class" in said["reserved"]
+
+
 def test_edgetpu_message_says_how_to_fix(shared):
     result = run_cli("classify", EDGETPU_MODEL, PARROT)
     assert "libedgetpu1-std" in result.stderr and "--device edgetpu" in result.stderr

@@ -95,6 +95,35 @@ def test_the_kiosk_refuses_what_it_must(kiosk):
     assert sorted(p.name for p in (root / "field").iterdir()) == ["inbox", "labelled"]
 
 
+def test_a_label_that_looks_like_a_class_becomes_that_class_or_is_refused(kiosk):
+    """Regression (hostile-input issue, defects 2 and 3): "Café" typed on two keyboards (one character for the
+    accent, or two) made two classes shown the same after Apply; "UNKNOWN " became a class the kiosk's own
+    verdict could not be told apart from."""
+    client, root = kiosk
+    labelled = root / "field" / "labelled"
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    items = client.call("/api/collected")[1]["items"]
+    assert client.call("/api/label", {"id": items[0]["id"], "label": composed}) == \
+        (200, {"id": items[0]["id"], "label": composed})
+    assert client.call("/api/label", {"id": items[1]["id"], "label": decomposed}) == \
+        (200, {"id": items[1]["id"], "label": composed})  # the same class, in the spelling it already has
+    code, said = client.call("/api/label", {"id": items[2]["id"], "label": "CAFE\u0301"})
+    assert code == 400 and f"use {composed!r}" in said["error"], said
+    code, said = client.call("/api/relabel", {"id": items[1]["id"], "label": "caf\u00e9"})
+    assert code == 400 and f"use {composed!r}" in said["error"], said
+    code, said = client.call("/api/teach", {"label": "cafe\u0301", "frames": 1, "seconds": 0})
+    assert code == 400 and f"use {composed!r}" in said["error"], said
+    for reserved in ("UNKNOWN ", " Uncertain", "unknown"):
+        code, said = client.call("/api/label", {"id": items[2]["id"], "label": reserved})
+        assert code == 400 and "cannot be a class" in said["error"], (reserved, said)
+    # A folder made with the other encoding (by hand, or before this check): a new label joins it.
+    (labelled / "The\u0301").mkdir()
+    assert client.call("/api/label", {"id": items[2]["id"], "label": "Th\u00e9"}) == \
+        (200, {"id": items[2]["id"], "label": "The\u0301"})
+    assert sorted(p.name for p in labelled.iterdir()) == [composed, "The\u0301"]
+    assert client.call("/api/classes")[1]["labelled"] == {composed: 2, "The\u0301": 1}
+
+
 def test_without_learn_the_page_takes_no_actions(shared):
     view = WebView("127.0.0.1", 0, token=None)
     view.start({"model": "m.tflite"})

@@ -149,6 +149,46 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     assert not list(tmp_path.glob("m.*"))
 
 
+def _random_photos(root: Path, classes, per_class: int = 3) -> Path:
+    """``root/<class>/N.png``: small random images written with OpenCV."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for label in classes:
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            assert cv2.imwrite(str(root / label / f"{i}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    return root
+
+
+def test_class_folders_named_as_verdicts_or_alike_are_refused_in_one_line(tmp_path):
+    """Regression (hostile-input issue, defects 2 and 3): folders 'unknown'/'Uncertain' made classes the live
+    app's verdicts could not be told apart from; 'Café' with its accent as one character and as two made two
+    classes shown the same. Refused before anything is embedded, naming the folders."""
+    composed, decomposed = "Caf\u00e9", "Cafe\u0301"
+    cases = [(("Uncertain", "leaf"), ["'Uncertain' cannot be a class"]),
+             (("unknown", "leaf"), ["'unknown' cannot be a class"]),
+             ((composed, decomposed), ["looks the same as", "'Caf\\xe9'", "'Cafe\\u0301'"]),
+             (("Leaf", "leaf"), ["looks the same as", "differs only in case"])]
+    for n, (classes, needles) in enumerate(cases):
+        data = _random_photos(tmp_path / f"data{n}", classes)
+        out = tmp_path / f"m{n}.tflite"
+        proc = run_cli("learn", data, "--out", out, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert lines[-1].startswith(f"edgecls learn: error: {data}: class folder "), lines[-1]
+        assert all(needle in lines[-1] for needle in needles), lines[-1]
+        assert not out.exists()
+    # Extending a model: a folder spelled as one of its classes with the accent encoded otherwise, likewise.
+    base = tmp_path / "cafe.tflite"
+    proc = run_cli("learn", _random_photos(tmp_path / "first", (composed, "tea")), "--out", base, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("learn", _random_photos(tmp_path / "more", (decomposed,)), "--base", base,
+                   "--out", tmp_path / "more.tflite", timeout=120)
+    assert proc.returncode == 2 and "looks the same as" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not (tmp_path / "more.tflite").exists()
+
+
 @pytest.mark.slow
 def test_float_and_int8_bases(tmp_path):
     """Any TFLite classifier is a base: a float32 and an int8 one made here with TensorFlow."""

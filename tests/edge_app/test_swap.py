@@ -176,3 +176,35 @@ def test_sighup_reloads_the_model_and_the_labels_beside_it(tmp_path, long_parrot
     assert [e["event"] for e in events] == ["model_swapped"]
     assert events[0]["old_sha256"] == events[0]["new_sha256"]  # same model, new labels
     assert "SIGHUP" in stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="/proc: Linux")
+def test_a_model_file_that_cannot_be_read_is_rejected_once_naming_it(tmp_path, long_parrot):
+    """Issue: a swap to /proc/self/mem (a regular file whose every read is EIO) logged "model swap: [Errno 5]
+    Input/output error" twice a second, naming no file, with no ``model_rejected`` event."""
+    model, log = tmp_path / "model.tflite", tmp_path / "run.jsonl"
+    shutil.copy(IMAGENET_MODEL, model)
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls", "run", str(model), "--source", str(long_parrot),
+                             "--loop", "--log", str(log), "--threads", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+    def rejections() -> list[dict]:
+        return [r for r in log_records(log) if r.get("event") == "model_rejected"]
+
+    try:
+        wait_for(lambda: sum("frame" in r for r in log_records(log)) >= 5, what="5 frames")
+        incoming = tmp_path / ".incoming"
+        incoming.symlink_to("/proc/self/mem")
+        os.replace(incoming, model)
+        wait_for(rejections, what="the rejection")
+        time.sleep(2.5)  # five polls: a file that stays unreadable is told once
+        replace_atomically(model, BIRD_MODEL.read_bytes())
+        wait_for(lambda: any(r.get("label") == BIRD_PARROT for r in log_records(log)), what="the bird model")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    _, _, events = read_log(log)
+    assert [e["event"] for e in events] == ["model_rejected", "model_swapped"], events
+    assert events[0]["reason"] == f"cannot read model {model}: Input/output error; put a .tflite file there"
+    assert stderr.count("Input/output error") == 1 and "model swap:" not in stderr, stderr

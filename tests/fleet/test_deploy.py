@@ -12,7 +12,7 @@ import pytest
 from fleet_support import wait_until
 from support import IMAGENET_MODEL, run_cli
 
-from edge_app.runtime.signing import load_private_key, sign_model
+from edge_app.runtime.signing import load_private_key, load_public_key, sign_model
 
 
 class Installer:
@@ -134,6 +134,39 @@ def test_malformed_and_repeated_commands_get_acks_and_the_link_lives_on(broker, 
     assert [a["accepted"] for a in by_id["again"]] == [True, True]
     assert len(installer.calls) == 1  # delivered twice, installed once
     assert link.connected
+
+
+def test_malformed_deploys_never_take_a_waiting_deploys_place(keys):
+    """Regression: malformed messages used to wait in the two deploy slots and make the next good one 'busy'."""
+    from edge_app.live.mqtt_commands import CommandDesk
+
+    entered, release, acks = threading.Event(), threading.Event(), []
+
+    def installer(data: bytes, origin: str):
+        entered.set()
+        release.wait(30)
+        return True, "swapped in", "x"
+
+    desk = CommandDesk("kiosk-1", acks.append, load_public_key(keys["good"][1]), installer, 8_000_000)
+    desk.start()
+    try:
+        data = IMAGENET_MODEL.read_bytes()
+        signed = {**sign_model(load_private_key(keys["good"][0]), data), "model": base64.b64encode(data).decode()}
+        desk.submit("model", json.dumps({"id": "first", **signed}).encode())
+        assert entered.wait(30)  # the worker holds "first": both slots are free
+        for payload in [b"not json", json.dumps({"id": "no-sig", "model": "AAAA"}).encode()]:
+            desk.submit("model", payload)
+        for request in ("second", "third", "fourth"):
+            desk.submit("model", json.dumps({"id": request, **signed}).encode())
+        refused = {a["id"]: a["reason"] for a in acks if not a["accepted"]}
+        assert "not JSON" in refused[None] and "no 'sha256'" in refused["no-sig"]
+        assert set(refused) == {None, "no-sig", "fourth"} and refused["fourth"].startswith("busy")
+        release.set()
+        wait_until(lambda: {a["id"] for a in acks if a["accepted"]} == {"first", "second", "third"},
+                   what="three installs")
+    finally:
+        release.set()
+        desk.close()
 
 
 def test_a_deploy_by_url_downloads_the_signed_bytes(broker, device, keys, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import time
 
 import pytest
 from fleet_support import wait_until
-from support import IMAGENET_MODEL, REPO
+from support import IMAGENET_MODEL, REPO, run_cli
 
 from edge_app.runtime.signing import load_private_key, sign_model
 
@@ -98,6 +99,43 @@ def test_a_signed_download_that_trickles_is_stopped_at_its_deadline(broker, make
     assert not ack["accepted"] and "longer than 2 s" in ack["reason"], ack
     assert took < 10, f"the 2 s deadline took {took:.1f} s"  # per-read timeouts alone would never end it
     assert handler.requests == ["/m.tflite"] and calls == []
+
+
+def test_a_url_with_credentials_is_refused_by_host_and_device_and_never_shown(broker, make_link, keys, info,
+                                                                             subscribe, web, caplog):
+    """Regression (hostile-input issue, defect 7): ``--url http://user:password@host/m.tflite`` failed on the
+    device with "Name or service not known", and the ack, the host's table and both logs showed the password.
+    Devices send no credentials: the host refuses such a URL in one line, a device refuses it before any
+    request, and neither the user nor the password appears in what either says (ack, status, events, logs)."""
+    caplog.set_level(logging.DEBUG, logger="edgecls")
+    user, password = "deployer-7", "s3cret-pw-1"
+    handler, base = web
+    handler.body = IMAGENET_MODEL.read_bytes()
+    calls = []
+    link = make_link(broker.url, "kiosk-1", trust=keys["good"][1], installer=lambda *a: calls.append(a))
+    link.start(info)
+    wait_until(lambda: link.connected, what="the link to connect")
+    heard = subscribe("edgecls/kiosk-1/ack", "edgecls/kiosk-1/status", "edgecls/kiosk-1/event")
+    url = base.replace("http://", f"http://{user}:{password}@") + "/m.tflite"
+
+    done = run_cli("fleet", "deploy", IMAGENET_MODEL, "--to", "kiosk-1", "--key", keys["good"][0], "--broker",
+                   broker.url, "--wait", 1, "--url", url, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert "--url 'http://***@127.0.0.1:" in lines[0] and "user name or password" in lines[0], lines[0]
+    assert "without credentials" in lines[0]
+    assert user not in done.stdout + done.stderr and password not in done.stdout + done.stderr
+
+    # From a host that does not check (an older edgecls, a script): signed, and still refused before any request.
+    signed = sign_model(load_private_key(keys["good"][0]), IMAGENET_MODEL.read_bytes())
+    for n, bad in enumerate([url, url.replace("http://", "ftp://"), url.replace("/m.tflite", ":x/m.tflite")]):
+        heard.publish("edgecls/kiosk-1/cmd/model", json.dumps({"id": f"creds-{n}", **signed, "url": bad}))
+        ack = heard.wait_for("ack", lambda a, n=n: a["id"] == f"creds-{n}")
+        assert not ack["accepted"] and "***@127.0.0.1" in ack["reason"], ack
+    assert "user name or password" in heard.bodies("ack")[0]["reason"]
+    assert handler.requests == [] and calls == []
+    said = json.dumps(heard.messages) + caplog.text
+    assert "creds-2" in caplog.text and user not in said and password not in said
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -80,6 +80,20 @@ def test_class_left_empty_by_corrupt_images(tmp_path):
     assert str(data / "stripes") in line
 
 
+def test_class_folders_named_as_verdicts_or_alike_are_refused_before_training(tmp_path):
+    """Regression (hostile-input issue, defects 2 and 3): a folder 'Uncertain' trained a class the live app's
+    own verdict could not be told apart from; 'Café' with its accent as one character and as two trained two
+    classes shown the same. One line, exit 2, before any training (no run directory, not even a partial one)."""
+    reserved = write_dataset(tmp_path / "reserved", per_class=4, classes=("discs", "Uncertain"), mixed=False)
+    _one_line_error(run_cli("train", reserved, "--out", tmp_path / "run", *FAST, timeout=120),
+                    f"{reserved}: class folder 'Uncertain' cannot be a class")
+    twins = tmp_path / "twins"  # the train/ layout: train/'s classes pass the same check
+    write_dataset(twins / "train", per_class=4, classes=("Caf\u00e9", "Cafe\u0301"), mixed=False)
+    _one_line_error(run_cli("train", twins, "--out", tmp_path / "run", *FAST, timeout=120),
+                    f"{twins / 'train'}: class folder", "looks the same as", "'Caf\\xe9'", "'Cafe\\u0301'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reserved", "twins"]
+
+
 def test_unknown_backbone(tmp_path, dataset):
     result = run_cli("train", dataset, "--out", tmp_path / "run", "--backbone", "resnet50")
     assert result.returncode == 2 and "invalid choice: 'resnet50'" in result.stderr
@@ -286,3 +300,39 @@ def test_bad_fine_tune_layer_fails_before_training(tmp_path, dataset):
         "layer name such as",
     )
     assert "Epoch 1/" not in result.stderr
+
+
+@pytest.mark.slow
+def test_field_photos_are_repeated_to_their_share_and_judged_apart(tmp_path, dataset):
+    """``--field``: folder names matched loosely or by --field-map, the training part repeated to --field-weight of
+    an epoch, a held-out part scored on its own in metrics.json, and the split recorded in config.json."""
+    from conftest import write_dataset
+
+    field = write_dataset(tmp_path / "field", per_class=10, classes=("DISCS", "Stripes", "sq"), seed=7)
+    result = run_cli("train", dataset, "--out", tmp_path / "run", "--backbone", "simple_cnn", "--image-size", "32",
+                     "--epochs", "2", "--batch-size", "16", "--gradcam-images", "0", "--field", field,
+                     "--field-map", "sq=squares", "--field-weight", "0.6")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["field"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["folders"] == {"DISCS": "discs", "Stripes": "stripes", "sq": "squares"}
+    splits = record["splits"]
+    assert [len(splits[part]) for part in ("train", "val", "test")] == [18, 6, 6]  # 20% + 20% of 10 per class
+    assert not {p for p, _ in splits["train"]} & {p for p, _ in splits["test"]}
+    lab_train = len(json.loads((tmp_path / "run" / "config.json").read_text())["splits"]["train"])
+    share = 18 * record["repeat"] / (18 * record["repeat"] + lab_train)
+    assert record["repeat"] > 1 and abs(share - 0.6) < 0.05  # the rate asked for, to a whole repeat
+    assert f"{100 * share:.0f}% of an epoch" in result.stderr  # and the rate it says
+    assert metrics["field"]["num_images"] == 6 and metrics["field"]["held_out"]
+    assert "field test accuracy" in result.stdout
+
+
+def test_field_folders_the_data_lacks_fail_before_training(tmp_path, dataset):
+    from conftest import write_dataset
+
+    field = write_dataset(tmp_path / "field", per_class=3, classes=("discs", "mould"), seed=7)
+    result = run_cli("train", dataset, "--out", tmp_path / "run", "--backbone", "simple_cnn", "--epochs", "1",
+                     "--field", field)
+    assert result.returncode == 2
+    assert "class folder" in result.stderr and "mould" in result.stderr and "--field-map mould=CLASS" in result.stderr
+    assert not (tmp_path / "run").exists()

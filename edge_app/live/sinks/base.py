@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edge_app.live.sources import Frame
+from edge_app.runtime.labels import UNCERTAIN, UNKNOWN  # noqa: F401  (their home: no class may take these names)
 
-UNCERTAIN = "uncertain"
-UNKNOWN = "unknown"  # none of the model's classes (its reference set says so); checked before UNCERTAIN
 UNKNOWN_TEXT = "Not something I know"  # what a person reads for it (overlay, kiosk page)
 
 
