@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field", default=None, metavar="DIR",
                         help="field photos (class folders named like the classes) to measure every variant on, "
                              "beside the lab check; unset: a run trained with --field uses its held-out field photos")
-    parser.add_argument("--field-map", action="append", default=[], metavar="FOLDER=CLASS",
+    parser.add_argument("--field-map", action="append", default=None, metavar="FOLDER=CLASS",
                         help="a --field folder whose name is not one of the classes (repeatable)")
     parser.add_argument("--json", action="store_true", help="print conversion.json on stdout")
 
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         repair=args.repair, repair_budget=args.repair_budget, num_threads=args.num_threads, runs=args.runs,
         warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed, unknown=args.unknown != "off",
         unknown_accept=args.unknown_accept, unknown_check=args.unknown_check, field=args.field,
-        field_map=tuple(args.field_map),
+        field_map=tuple(args.field_map or ()),
     )
     report = run(config)
     if args.json:

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.add_argument("model", help="a .tflite model, or a run directory holding converted models")
     parser.add_argument("data", metavar="DATA", help="folder of class folders (lab or field photos)")
-    parser.add_argument("--map", action="append", default=[], metavar="FOLDER=CLASS", dest="mapping",
+    parser.add_argument("--map", action="append", default=None, metavar="FOLDER=CLASS", dest="mapping",
                         help="a class folder whose name is not the model's (repeatable)")
     parser.add_argument("--labels", help="label file (default: labels embedded in the model, else labels.txt beside it)")
     parser.add_argument("--device", default="cpu", help="cpu, or edgetpu for a Coral")
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = run(EvalConfig(model=args.model, data=Path(args.data), mapping=tuple(args.mapping), labels=args.labels,
+    result = run(EvalConfig(model=args.model, data=Path(args.data), mapping=tuple(args.mapping or ()), labels=args.labels,
                             device=args.device, num_threads=args.num_threads, mean=args.mean, std=args.std,
                             unknown=args.unknown != "off", md=args.md, plot=args.plot))
     print(json.dumps(result, indent=2) if args.json else headline(result))

@@ -67,6 +67,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         _per_class(run),
         _examples(run_dir),
         _conversion(run["conversion"]),
+        _field(run),
         _unknown(run["conversion"], run["live"]),
         _bench(run_dir, run["bench"]),
         _live(run["live"]),
@@ -246,6 +247,29 @@ def _conversion(conversion: dict | None) -> str:
                       "p50 / p90 ms", "check"], rows) + verdict
             + "<p class=sub>A variant fails when its drop is above the limit and unlikely to be chance: McNemar's "
               "exact test on the images where it and the float model disagree (p &lt; 0.05).</p>")
+
+
+def _field(run: dict) -> str:
+    """Lab and field apart: the trained model on its held-out field photos (``train --field``) and each converted
+    variant on the field photos ``convert`` measured, beside their lab figures."""
+    metrics, conversion = run["metrics"] or {}, run["conversion"] or {}
+    trained = metrics.get("field") or {}
+    variants = [v for v in conversion.get("variants", []) if v.get("field")]
+    if not trained.get("held_out") and not variants:
+        return ("<h2>Lab and field</h2>" + _missing("measured on lab photos only: a kiosk sees leaves on the plant",
+                                                    "edgecls eval MODEL FIELD_PHOTOS/ (or train/convert --field)"))
+    rows = []
+    if trained.get("held_out"):
+        rows.append(["Keras model (training)", _pct(metrics.get("test_accuracy")), _pct(trained["accuracy"]),
+                     _pct(trained["balanced_accuracy"]), "—", trained["num_images"]])
+    for v in variants:
+        f = v["field"]
+        rows.append([_e(v["quant"]), _pct(v.get("accuracy")), _pct(f["accuracy"]), _pct(f["balanced_accuracy"]),
+                     _pct(f.get("unknown_rate")), f["num_images"]])
+    source = (conversion.get("field") or {}).get("source") or "the run's held-out field photos"
+    return ("<h2>Lab and field</h2><p class=sub>lab: photos like the training ones; field: photos like a kiosk's "
+            f"({_e(source)}), never pooled with the lab figures</p>"
+            + _table(["model", "lab accuracy", "field top-1", "field balanced", "field unknown", "field photos"], rows))
 
 
 def _unknown(conversion: dict | None, live: dict | None) -> str:

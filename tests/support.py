@@ -160,21 +160,26 @@ class Kiosk:
 
 
 @contextlib.contextmanager
-def running_kiosk(tmp_path: Path):
-    """``edgecls run --web --collect --learn`` in a thread on a looping video of the parrot; yields a :class:`Kiosk`."""
+def running_kiosk(tmp_path: Path, source: Path | None = None, collected: int = 6, **settings):
+    """``edgecls run --web --collect --learn`` in a thread on ``tmp_path/model.tflite`` (Coral's ImageNet model
+    unless the test put one there) and ``source`` (a looping video of the parrot unless given); yields a
+    :class:`Kiosk` once ``collected`` frames wait for review. ``settings``: other :class:`AppConfig` fields."""
     import shutil
     import threading
 
     from edge_app.live.app import AppConfig, run
 
     model = tmp_path / "model.tflite"
-    shutil.copy(IMAGENET_MODEL, model)
-    video = write_video(tmp_path / "parrot.avi", [("parrot.jpg", 60)], size=(320, 240))
+    if not model.exists():
+        shutil.copy(IMAGENET_MODEL, model)
+    if source is None:
+        source = write_video(tmp_path / "parrot.avi", [("parrot.jpg", 60)], size=(320, 240))
     (tmp_path / "token").write_text(TOKEN + "\n")
     port = free_port()
-    config = AppConfig(str(model), source=str(video), loop=True, num_threads=1, web=f"127.0.0.1:{port}",
-                       log=str(tmp_path / "run.jsonl"), collect=str(tmp_path / "field"), collect_below=1.0,
-                       collect_every=0.1, collect_max=12, learn=True, token_file=str(tmp_path / "token"))
+    config = AppConfig(str(model), source=str(source), loop=True, num_threads=1, web=f"127.0.0.1:{port}",
+                       log=str(tmp_path / "run.jsonl"), collect=str(tmp_path / "field"), learn=True,
+                       token_file=str(tmp_path / "token"),
+                       **{"collect_below": 1.0, "collect_every": 0.1, "collect_max": 12, **settings})
     stop, out = threading.Event(), {}
 
     def target():
@@ -188,7 +193,7 @@ def running_kiosk(tmp_path: Path):
     thread.start()
     client = Kiosk(port)
     try:
-        client.until("/api/collected", lambda got: len(got["items"]) >= 6, timeout=60)
+        client.until("/api/collected", lambda got: len(got["items"]) >= collected, timeout=60)
         yield client
     finally:
         stop.set()

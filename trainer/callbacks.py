@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
 MONITOR = "val_loss"
+# With --field the validation set holds a few field photos (repeated to their share): their loss swings with every
+# confidently wrong photo (noisy labels), and choosing the epoch on it kept the first fine-tuning epoch and lost lab
+# accuracy; accuracy counts each photo once.
+FIELD_MONITOR = "val_accuracy"
 log = logging.getLogger("edgecls")
 
 
@@ -105,8 +109,11 @@ class TrainingCallbacks:
         self.stage = ""
         self.history: list[dict] = []
         # Weights only: a full .keras save costs seconds per epoch, more than a head epoch on cached features.
+        self.monitor = FIELD_MONITOR if config.field is not None else MONITOR
+        self.mode = "max" if self.monitor == FIELD_MONITOR else "min"
         self.checkpoint = FullModelCheckpoint(
-            str(best_path), monitor=MONITOR, save_best_only=True, save_weights_only=True, verbose=0
+            str(best_path), monitor=self.monitor, mode=self.mode, save_best_only=True, save_weights_only=True,
+            verbose=0
         )
         self.stage_log = StageLog()
         self.csv = StageCSVLogger(str(csv_path), append=True)
@@ -119,10 +126,10 @@ class TrainingCallbacks:
         # Order matters: StageLog times the epoch including the checkpoint, then the CSV logger reads it.
         return [
             keras.callbacks.ReduceLROnPlateau(
-                MONITOR, factor=0.3, patience=max(1, self.patience // 2), min_lr=1e-7, verbose=1
+                self.monitor, factor=0.3, patience=max(1, self.patience // 2), min_lr=1e-7, mode=self.mode, verbose=1
             ),
             keras.callbacks.EarlyStopping(
-                MONITOR, patience=self.patience, restore_best_weights=True, verbose=1
+                self.monitor, patience=self.patience, restore_best_weights=True, mode=self.mode, verbose=1
             ),
             self.checkpoint,
             self.stage_log,
@@ -139,5 +146,8 @@ class TrainingCallbacks:
         return round(float(np.median(times)), 3) if times else 0.0
 
     def best_epoch(self) -> int | None:
-        losses = [h.get(MONITOR, np.inf) for h in self.history]
+        if self.monitor == FIELD_MONITOR:
+            scores = [h.get(self.monitor, -np.inf) for h in self.history]
+            return int(np.argmax(scores)) + 1 if scores else None
+        losses = [h.get(self.monitor, np.inf) for h in self.history]
         return int(np.argmin(losses)) + 1 if losses else None

@@ -160,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="folder of class folders of field photos, named like DATA's classes (case, '_' and "
                             "spaces ignored); 20%% of each class held out for choosing the best epoch, 20%% for a "
                             "field test figure of its own")
-    field.add_argument("--field-map", action="append", default=[], metavar="FOLDER=CLASS",
+    field.add_argument("--field-map", action="append", default=None, metavar="FOLDER=CLASS",
                        help="a field folder whose name is not one of DATA's classes (repeatable), e.g. "
                             "tomato_late_blight=Potato___Late_blight")
     field.add_argument("--field-weight", type=float, default=0.3, metavar="W",
@@ -198,7 +198,7 @@ def main(args: argparse.Namespace) -> int:
         gradcam_images=args.gradcam_images,
         overwrite=args.overwrite,
         field=args.field,
-        field_map=tuple(args.field_map),
+        field_map=tuple(args.field_map or ()),
         field_weight=args.field_weight,
     )
     run_dir = run(config)

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field", default=None, metavar="FIELD",
                         help="field photos (what the kiosk sees), class folders named like DATA's: weighted in, kept "
                              "in the reference set, and their held-out part sets the 'unknown' threshold too")
-    parser.add_argument("--field-map", action="append", default=[], metavar="FOLDER=CLASS",
+    parser.add_argument("--field-map", action="append", default=None, metavar="FOLDER=CLASS",
                         help="a field folder whose name is not one of the classes (repeatable)")
     parser.add_argument("--field-weight", type=float, default=0.5, metavar="W",
                         help="share of each class's weight in the fit carried by its field photos")
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         embedding=args.embedding, keep_classes=args.keep_classes, labels=args.labels, mean=args.mean, std=args.std,
         compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite,
         unknown_accept=args.unknown_accept, unknown_check=Path(args.unknown_check) if args.unknown_check else None,
-        field=Path(args.field) if args.field else None, field_map=tuple(args.field_map), field_weight=args.field_weight,
+        field=Path(args.field) if args.field else None, field_map=tuple(args.field_map or ()), field_weight=args.field_weight,
         as_field=args.as_field))
     if args.json:
         print(json.dumps(report, indent=2))

@@ -32,13 +32,21 @@ def base_labels(artifact, path: Path, labels_file: Path | None, num_classes: int
 def merge_labels(old: list[str], new: list[str], data: Path) -> list[str]:
     """Old labels first, then new ones; a folder that looks the same as an old label (another case, or accents
     encoded otherwise: :func:`~edge_app.runtime.labels.check_label`) is an error."""
+    from edge_app.runtime.labelled import loose_key
+
     taken: dict[str, str] = {}
     for label in old:
         taken.setdefault(label_key(label), label)
+    loose = {loose_key(label): label for label in old}
     for label in new:
         if label not in old:
             check_label(label, taken, str(data), "class folder", fix="rename the folder to the model's spelling to "
                         "add examples to that class, or give it a clearly different name")
+            twin = loose.get(loose_key(label))
+            if twin is not None:  # potato_early_blight beside Potato___Early_blight: one disease, two classes
+                raise LabelsError(f"class folder {data / label} is named like the model's class {twin!r} (case, '_', "
+                                  f"'-' and spaces aside); rename the folder to {twin!r} to add examples to it, or "
+                                  "give it a clearly different name")
     return old + [label for label in new if label not in old]
 
 

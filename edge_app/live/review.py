@@ -19,6 +19,7 @@ from pathlib import Path
 from edge_app.live.collect import INBOX, LABELLED, FrameCollector
 from edge_app.runtime.errors import EdgeclsError
 from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded, write_json
+from edge_app.runtime.labelled import loose_key
 from edge_app.runtime.labels import check_label, label_key
 
 MAX_CLASS_NAME = 64
@@ -122,13 +123,15 @@ class FrameReview:
         folders = [folder.name for folder in self._class_folders()]
         if label not in folders:  # a new folder: not another spelling of one that stays
             others += [(name, "the labelled class") for name in folders if name != leaving]
-        key = label_key(label)
+        # "potato late blight" typed for the model's "Potato___Late_blight" is that class too: learn would refuse
+        # the pair (edge_app.learn.data.merge_labels), so every later apply would fail.
+        key = loose_key(label_key(label))
         for name, whose in others:
-            if label_key(name) == key:
+            if loose_key(label_key(name)) == key:
                 if unicodedata.normalize("NFC", name) == label:
                     return name
-                raise Refused(f"{label!r} looks the same as {whose} {name!r} (only case or spacing differ): "
-                              f"use {name!r}")
+                raise Refused(f"{label!r} looks the same as {whose} {name!r} (only case, spacing, '_' or '-' "
+                              f"differ): use {name!r}")
         return label
 
     def label(self, frame_id: object, label: object) -> dict:

@@ -20,7 +20,8 @@ from edge_app.runtime.errors import DataError, EdgeclsError
 Item = tuple[Path, int]  # (photo, class index)
 
 
-def _norm(text: str) -> str:
+def loose_key(text: str) -> str:
+    """A class name as folders of other datasets spell it: case, ``_``, ``-`` and spaces ignored."""
     return re.sub(r"[\s_\-]+", " ", text).strip().casefold()
 
 
@@ -40,14 +41,14 @@ def match_folders(folders: list[str], labels: list[str]) -> tuple[dict[str, int]
     exact: dict[str, list[int]] = {}
     synonyms: dict[str, list[int]] = {}
     for i, label in enumerate(labels):
-        exact.setdefault(_norm(label), []).append(i)
+        exact.setdefault(loose_key(label), []).append(i)
         # "tench, Tinca tinca" and "Ara macao (Scarlet Macaw)" each name one class two ways.
         for part in re.split(r"[,()]", label):
             if part.strip():
-                synonyms.setdefault(_norm(part), []).append(i)
+                synonyms.setdefault(loose_key(part), []).append(i)
     mapping, unmatched = {}, []
     for folder in folders:
-        key = _norm(folder)
+        key = loose_key(folder)
         hits = exact.get(key) or synonyms.get(key) or []
         if len(hits) == 1:
             mapping[folder] = hits[0]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from support import IMAGES, SHARED, run_cli
+from support import IMAGES, SHARED, run_cli, running_kiosk
 
 POTATO = SHARED / "datasets" / "plantvillage-potato"
 FIELD = SHARED / "datasets" / "plantdoc-field"
@@ -151,13 +152,6 @@ def test_the_kiosk_loop_on_real_field_photos_raises_field_accuracy_on_photos_it_
     """``edgecls run`` on a folder of field photos with --collect --learn: every frame is kept, labelled through the
     kiosk's HTTP API (truth from the file each frame came from), applied; the model now running is measured on
     field photos it never saw, against the one before, with ``eval``."""
-    import threading
-    import time
-
-    from support import TOKEN, Kiosk, free_port
-
-    from edge_app.live.app import AppConfig, run
-
     names = {"Potato___Early_blight": "potato_early_blight", "Potato___Late_blight": "potato_late_blight"}
     lab = _link(tmp_path / "lab", POTATO, {c: c for c in names}, 20)
     shown = tmp_path / "shown"  # what the kiosk's camera sees: one folder, each file named after its truth
@@ -170,24 +164,7 @@ def test_the_kiosk_loop_on_real_field_photos_raises_field_accuracy_on_photos_it_
     assert run_cli("learn", lab, "--out", model, "--threads", "2").returncode == 0
     before = json.loads(run_cli("eval", model, unseen, "--json").stdout)
 
-    (tmp_path / "token").write_text(TOKEN + "\n")
-    port = free_port()
-    config = AppConfig(str(model), source=str(shown), loop=True, num_threads=1, web=f"127.0.0.1:{port}",
-                       log=str(tmp_path / "run.jsonl"), collect=str(tmp_path / "field"), collect_below=1.0,
-                       collect_every=0.05, collect_max=40, learn=True, token_file=str(tmp_path / "token"))
-    stop, out = threading.Event(), {}
-
-    def target():
-        try:
-            out["stats"] = run(config, stop=stop)
-        except Exception as e:  # noqa: BLE001 - the test reads it below
-            out["error"] = e
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    client = Kiosk(port)
-    try:
-        client.until("/api/collected", lambda got: len(got["items"]) > 0, timeout=60)
+    with running_kiosk(tmp_path, source=shown, collected=1, collect_every=0.05, collect_max=40) as client:
         labelled: set[str] = set()
         deadline = time.monotonic() + 180
         while len(labelled) < 20 and time.monotonic() < deadline:  # label as an operator would, as frames come
@@ -203,12 +180,18 @@ def test_the_kiosk_loop_on_real_field_photos_raises_field_accuracy_on_photos_it_
         assert client.call("/api/apply", {})[0] == 202
         job = client.until("/api/job", lambda j: j["state"] not in ("learning", "swapping"), timeout=300)
         assert job["state"] == "applied", job
-    finally:
-        stop.set()
-        thread.join(60)
-    assert "error" not in out, out
     after = json.loads(run_cli("eval", model, unseen, "--json").stdout)  # the file the kiosk swapped in
     assert after["num_images"] == before["num_images"] == 24
     # Right and shown as a class (not "unknown"): what a farmer at the kiosk gets.
     assert after["accuracy_shown"] > before["accuracy_shown"], (before, after)
     assert after["unknown_rate"] < before["unknown_rate"]
+
+
+def test_a_folder_named_like_a_class_the_other_way_is_refused_not_made_a_second_class(lab_model, tmp_path):
+    """``potato_early_blight`` photos added to a model that has ``Potato___Early_blight`` became a fifth class (one
+    disease, two classes, each with half the examples); now one line saying which folder and which class."""
+    field = _link(tmp_path / "field", FIELD, {"potato_early_blight": "potato_early_blight"}, 5)
+    done = run_cli("learn", field, "--base", lab_model, "--as-field", "--out", tmp_path / "m.tflite")
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert "named like the model's class 'Potato___Early_blight'" in errors[0] and not (tmp_path / "m.tflite").exists()

@@ -109,6 +109,8 @@ def test_a_label_that_looks_like_a_class_becomes_that_class_or_is_refused(kiosk)
         (200, {"id": items[1]["id"], "label": composed})  # the same class, in the spelling it already has
     code, said = client.call("/api/label", {"id": items[2]["id"], "label": "CAFE\u0301"})
     assert code == 400 and f"use {composed!r}" in said["error"], said
+    code, said = client.call("/api/label", {"id": items[2]["id"], "label": "military-uniform"})
+    assert code == 400 and "use 'military uniform'" in said["error"], said  # the model's class, '-' for ' '
     code, said = client.call("/api/relabel", {"id": items[1]["id"], "label": "caf\u00e9"})
     assert code == 400 and f"use {composed!r}" in said["error"], said
     code, said = client.call("/api/teach", {"label": "cafe\u0301", "frames": 1, "seconds": 0})
