@@ -19,6 +19,8 @@ from edge_app.runtime.flags import add_normalization, add_threads, add_unknown
 
 log = logging.getLogger("edgecls")
 
+MAX_REPORT_BYTES = 16_000_000  # a metrics.json or NAME.learn.json is tens of kB
+
 EXAMPLES = """examples:
   edgecls eval runs/potato field_photos/                        # class folders named like the model's classes
   edgecls eval leaves.tflite field/ --map potato_late_blight=Potato___Late_blight
@@ -110,15 +112,16 @@ def lab_accuracy(model: Path) -> float | None:
     """The accuracy the model's own report gives on lab photos: the run's test split (``metrics.json``), or a
     learned model's validation part (``NAME.learn.json``); None when neither is beside it."""
     from edge_app.runtime import rundir
+    from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded
 
     for path, keys in ((model.parent / rundir.METRICS, ("test_accuracy",)),
                        (model.with_suffix(".learn.json"), ("val", "accuracy"))):
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+        try:  # checked, then read: a report beside a model is a file like any other from outside
+            value = json.loads(read_bounded(path, MAX_REPORT_BYTES))
             for key in keys:
                 value = value[key]
             return float(value)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, NotRegularFile, FileTooLarge):
             continue
     return None
 

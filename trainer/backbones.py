@@ -12,11 +12,11 @@ Graph: ``pixels → preprocess → backbone → pool → dropout → predictions
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_app.runtime.errors import TrainError, first_line
+from trainer.tflite_weights import keras_cache_dir
 
 # From-scratch batch-norm momentum: Keras's pretrained MobileNets use 0.999, whose moving statistics
 # need thousands of steps to settle; on a few thousand images the validation pass would then run on
@@ -150,11 +150,6 @@ def get_backbone(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise TrainError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
-
-
-def keras_cache_dir() -> Path:
-    """Where Keras keeps downloaded weights (``$KERAS_HOME/models``, default ``~/.keras/models``)."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
 
 
 def weights_source(weights: str) -> dict:

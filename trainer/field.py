@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edge_app.runtime.labelled import Item, labelled_folder, parse_map, stratified_split
 from trainer.config import TrainError
 
@@ -84,3 +86,24 @@ def field_augmenter(seed: int):
         ],
         name="field_augment",
     )
+
+
+def evaluate_field(model, config, field: FieldPhotos, labels: list[str]) -> dict:
+    """The held-out field photos' figures, apart from the lab test's (``metrics.json`` ``field``)."""
+    from trainer import report
+    from trainer.datasets import batched, decoded_dataset
+
+    items = field.parts["test"]
+    if not items:
+        log.warning("--field %s: no class has 5 photos or more, so none are held out: no field test figure",
+                    field.folder)
+        return {"num_images": 0, "repeat": field.repeat, "weight": field.weight, "held_out": False}
+    y = np.array([i for _, i in items], np.int64)
+    ds = batched(decoded_dataset([str(p) for p, _ in items], y, int(config.image_size), ""), config.batch_size)
+    result = report.metrics(y, model.predict(ds, verbose=0), labels)
+    log.info("field test: %.1f%% of %d held-out field photos (lab test: see above)", 100 * result["test_accuracy"],
+             len(y))
+    return {"accuracy": result["test_accuracy"], "balanced_accuracy": result["balanced_accuracy"],
+            "num_images": len(y), "per_class": result["per_class"], "confusion_matrix": result["confusion_matrix"],
+            "repeat": field.repeat, "weight": field.weight, "held_out": True,
+            "train_images": len(field.parts["train"]), "val_images": len(field.parts["val"])}

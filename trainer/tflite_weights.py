@@ -35,6 +35,11 @@ ALPHA = 1.0
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights (``$KERAS_HOME/models``, default ``~/.keras/models``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+
+
 def is_tflite(weights: str | None) -> bool:
     """True for ``--weights imagenet-tflite`` or a ``.tflite`` path."""
     return weights == SHIPPED or str(weights or "").lower().endswith(SUFFIX)
@@ -68,8 +73,6 @@ def describe(weights: str) -> dict:
 
 def cache_path(path: Path) -> Path:
     """``$KERAS_HOME/models/mobilenet_v2_1.0_from_tflite_<sha>_no_top.weights.h5``: one file per source model."""
-    from trainer.backbones import keras_cache_dir
-
     return keras_cache_dir() / f"mobilenet_v2_1.0_from_tflite_{_sha256(path)[:16]}_no_top.weights.h5"
 
 

@@ -15,9 +15,7 @@ Ctrl-C (or SIGTERM) stops training, evaluates the best model so far, publishes i
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import shutil
 import sys
 import time
@@ -31,10 +29,9 @@ from edge_app.runtime import rundir
 from trainer.callbacks import TrainingCallbacks
 from trainer.config import TrainConfig, TrainError
 from trainer.datasets import Dataset, batched, cache_spec, decoded_dataset, log_summary, make_augmenter, scan
+from trainer.publish import disk_errors, publish
 
 log = logging.getLogger("edgecls")
-
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def run(config: TrainConfig) -> Path:
@@ -58,9 +55,9 @@ def run(config: TrainConfig) -> Path:
     work.mkdir(parents=True)
     interrupted: BaseException | None = None
     try:
-        with _disk_errors(config.out):
+        with disk_errors(config.out):
             interrupted = _train_and_report(config, dataset, work)
-            _publish(work, config.out, config.overwrite)
+            publish(work, config.out, config.overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if interrupted is not None:
@@ -106,7 +103,9 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
     _restore_best(model, best_path)
     metrics, test_probs = _evaluate(model, data, dataset.labels)
     if field is not None:
-        metrics["field"] = _evaluate_field(model, config, field, dataset.labels)
+        from trainer.field import evaluate_field
+
+        metrics["field"] = evaluate_field(model, config, field, dataset.labels)
     metrics |= {"timing": timing, "epochs_trained": callbacks.epochs_done, "best_epoch": callbacks.best_epoch(),
                 "interrupted": interrupted is not None}
     from trainer import report
@@ -212,26 +211,6 @@ def _evaluate(model, data: Pipelines, labels: list[str]) -> tuple[dict, np.ndarr
                     "answering %r (%.1f%%).\n%s", "!" * 78, 100 * v["accuracy"], v["majority_label"],
                     100 * v["chance_accuracy"], "!" * 78)
     return metrics, probs["test"]
-
-
-def _evaluate_field(model, config: TrainConfig, field, labels: list[str]) -> dict:
-    """The held-out field photos' figures, apart from the lab test's (``metrics.json`` ``field``)."""
-    from trainer import report
-
-    items = field.parts["test"]
-    if not items:
-        log.warning("--field %s: no class has 5 photos or more, so none are held out: no field test figure",
-                    field.folder)
-        return {"num_images": 0, "repeat": field.repeat, "weight": field.weight, "held_out": False}
-    y = np.array([i for _, i in items], np.int64)
-    ds = batched(decoded_dataset([str(p) for p, _ in items], y, int(config.image_size), ""), config.batch_size)
-    result = report.metrics(y, model.predict(ds, verbose=0), labels)
-    log.info("field test: %.1f%% of %d held-out field photos (lab test: see above)", 100 * result["test_accuracy"],
-             len(y))
-    return {"accuracy": result["test_accuracy"], "balanced_accuracy": result["balanced_accuracy"],
-            "num_images": len(y), "per_class": result["per_class"], "confusion_matrix": result["confusion_matrix"],
-            "repeat": field.repeat, "weight": field.weight, "held_out": True,
-            "train_images": len(field.parts["train"]), "val_images": len(field.parts["val"])}
 
 
 def _fit_stages(config, model, backbone, fine_tune_from: int, data: Pipelines, callbacks, verbose: int) -> dict:
@@ -382,46 +361,3 @@ def _class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
 
     weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=targets)
     return {i: float(w) for i, w in enumerate(weights)}
-
-
-def _publish(work: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished run into place; an existing run (``--overwrite``) goes only once the new one is in."""
-    if out.exists():
-        if not overwrite:
-            raise TrainError(f"{out} appeared while training; the run is left unpublished. Use --overwrite")
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        work.rename(out)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        work.rename(out)
-    # Temp files are created 0600; a run directory is shared like any other output (umask applies).
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [out, *out.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-@contextlib.contextmanager
-def _disk_errors(out: Path):
-    try:
-        yield
-    except Exception as e:
-        cause: BaseException | None = e
-        while cause is not None:
-            if isinstance(cause, OSError) and cause.errno in DISK_FULL:
-                reason = {
-                    errno.ENOSPC: "no space left on the device",
-                    errno.EDQUOT: "disk quota exceeded",
-                    errno.EFBIG: "file too large for this filesystem or file-size limit",
-                }[cause.errno]
-                raise TrainError(
-                    f"could not write the run for {out}: {reason} (disk full); free some disk "
-                    "space or choose an --out on another disk; nothing was published"
-                ) from e
-            cause = cause.__cause__ or cause.__context__
-        raise

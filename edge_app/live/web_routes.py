@@ -30,7 +30,7 @@ from aiohttp import web
 from edge_app.live.field import TEACH_MAX_SECONDS
 from edge_app.live.kiosk import PAGE
 from edge_app.live.review import Refused
-from edge_app.live.web import (
+from edge_app.live.web_limits import (
     ACTIONS,
     BODY_GRACE_S,
     BODY_MIN_BYTES_PER_S,

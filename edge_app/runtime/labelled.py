@@ -91,11 +91,11 @@ def labelled_folder(data: str | Path, labels: list[str], mapping: dict[str, str]
     for folder, label in mapping.items():
         if folder not in folders:
             raise error(f"{map_flag} {folder}={label}: {data} has no class folder {folder!r} (it has {', '.join(folders)})")
-        hits = [i for i, known in enumerate(labels) if known == label] or match_folders([label], labels)[0].values()
-        if not hits:
+        index = labels.index(label) if label in labels else match_folders([label], labels)[0].get(label)
+        if index is None:
             raise error(f"{map_flag} {folder}={label}: the model has no class {label!r}; its classes are "
                         f"{', '.join(labels)}")
-        matched[folder] = next(iter(hits))
+        matched[folder] = index
     if unmatched:
         raise error(f"class folder {data / unmatched[0]} matches none of the model's classes ({', '.join(labels)}); "
                     f"rename it, pass {map_flag} {unmatched[0]}=CLASS, or move it out of {data}")

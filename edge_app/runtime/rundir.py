@@ -30,6 +30,8 @@ CONVERSION_MD = "conversion.md"
 REPORT = "report.html"
 LEARNED = "learned.tflite"  # the demo's edgecls-learn model, beside the trained ones
 SPLITS = ("train", "val", "test")
+# config.json lists every photo of the splits: ~100 bytes each, so a million photos fit; more is not ours.
+MAX_CONFIG_BYTES = 128_000_000
 
 # Every quantization target, in the converter's order. ``converter/targets.py`` has one row per name.
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
@@ -78,13 +80,15 @@ def resolve_model(model: str | os.PathLike, device: str = "cpu") -> Path:
 
 def read_config(run_dir: str | os.PathLike) -> dict:
     """``RUN/config.json`` as a dict; missing or broken is a :class:`ModelError` saying what to do."""
+    from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded
+
     path = Path(run_dir) / CONFIG
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(read_bounded(path, MAX_CONFIG_BYTES))
     except FileNotFoundError as e:
         raise ModelError(f"{path}: no such file; is {run_dir} a run directory from 'edgecls train'? "
                          "Or pass the model file with --labels and --data") from e
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, NotRegularFile, FileTooLarge) as e:
         raise ModelError(f"cannot read {path} ({e}); train the run again, or pass the model file with "
                          "--labels and --data") from e
     if not isinstance(config, dict):

@@ -337,3 +337,14 @@ def test_a_label_file_that_is_a_device_or_huge_is_refused_in_one_line(tmp_path):
         done = run_cli("classify", IMAGENET_MODEL, IMAGES / "parrot.jpg", "--labels", labels, timeout=60)
         assert done.returncode == 2 and expected in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_config_that_is_a_device_is_refused_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"not a model")
+    (run / "config.json").symlink_to("/dev/zero")
+    done = run_cli("convert", run, timeout=120)
+    assert done.returncode == 2 and "config.json (a device)" in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr

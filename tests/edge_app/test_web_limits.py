@@ -25,7 +25,8 @@ from edge_app.live import web_routes
 from edge_app.live.field import FieldLearning
 from edge_app.live.sinks import Result
 from edge_app.live.sources import Frame
-from edge_app.live.web import BODY_GRACE_S, LINGER_S, MAX_CONNECTIONS, MAX_VIEWERS, WORKERS, WebView
+from edge_app.live.web import WebView
+from edge_app.live.web_limits import BODY_GRACE_S, LINGER_S, MAX_CONNECTIONS, MAX_VIEWERS, WORKERS
 
 HALF_HEADER = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc"
 
