@@ -29,7 +29,7 @@ test-pi: setup
 	pi/pi_root.sh test
 	EDGECLS_TEST_PI=1 $(PY) -m pytest tests/pi/test_parity.py
 
-# The timing-sensitive tests (tests/fleet, the kiosk's web, field and collection tests, swaps, edgecls run) 5 times
+# The timing-sensitive tests (tests/fleet and tests/edge_app/link, the kiosk's web, field and collection tests, swaps, edgecls run) 5 times
 # while two busy loops hold the cores; ends with the runs and the failures (scripts/stress.sh). STRESS_RUNS=N for
 # another count, STRESS_TESTS to pick tests. Not part of `make test`: it takes about 5x those tests' time.
 test-stress: setup

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.learn.rewrite import KNN_PREFIX
 from edge_app.runtime import ImageClassifier, ModelArtifact, load_runtime, read_artifact
 from edge_app.runtime.interpreter import make_interpreter
+from edge_app.runtime.rewrite import KNN_PREFIX
 from edge_app.runtime.rundir import QUANTS
 from edge_app.runtime.timing import latency_stats, time_invokes
 

@@ -8,7 +8,7 @@ sees the same resized pixels, so a difference measures the conversion, nothing e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,52 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {"accuracy": self.accuracy, "per_class_accuracy": self.per_class,
                 "confusion_matrix": self.confusion_matrix}
+
+
+@dataclass(frozen=True)
+class DropTest:
+    """The paired test of an accuracy drop (see :func:`paired_drop`); ``ci95_pp`` is ``[low, high]``."""
+
+    lost: int
+    gained: int
+    num_images: int
+    drop_pp: float
+    ci95_pp: list[float]
+    p_value: float
+    significant: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A variant's figures on the check images against the float model's (see :func:`compare`)."""
+
+    accuracy: float
+    accuracy_drop_pp: float
+    drop_test: DropTest
+    agreement: float
+    per_class_accuracy: dict[str, float | None]
+    per_class_delta_pp: dict[str, float | None]
+    confusion_matrix: list[list[int]]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds of ``set_tensor`` + ``invoke`` (rounded to the µs as reported) and how they were taken."""
+
+    p50: float
+    p90: float
+    mean: float
+    min: float
+    first_ms: float
+    runs: int
+    warmup: int
+    num_threads: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def evaluate(predictions: np.ndarray, truth: np.ndarray, labels: list[str]) -> Evaluation:
@@ -64,39 +110,39 @@ def tflite_predictions(classifier: ImageClassifier, images: list[np.ndarray], de
     return out
 
 
-def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarray, truth: np.ndarray) -> dict:
+def compare(variant: Evaluation, reference: Evaluation, reference_top1: np.ndarray, truth: np.ndarray) -> Comparison:
     """Drop in percentage points with its paired statistics, per-class deltas, and top-1 agreement."""
     deltas = {label: (None if acc is None else round(100.0 * (acc - reference.per_class[label]), 3))
               for label, acc in variant.per_class.items()}
     float_right, variant_right = reference_top1 == truth, variant.predictions == truth
-    return {
-        "accuracy": variant.accuracy,
-        "accuracy_drop_pp": round(100.0 * (reference.accuracy - variant.accuracy), 3),
-        "drop_test": paired_drop(int(np.sum(float_right & ~variant_right)), int(np.sum(~float_right & variant_right)),
-                                 len(truth)),
-        "agreement": float(np.mean(variant.predictions == reference_top1)),
-        "per_class_accuracy": variant.per_class,
-        "per_class_delta_pp": deltas,
-        "confusion_matrix": variant.confusion_matrix,
-    }
+    return Comparison(
+        accuracy=variant.accuracy,
+        accuracy_drop_pp=round(100.0 * (reference.accuracy - variant.accuracy), 3),
+        drop_test=paired_drop(int(np.sum(float_right & ~variant_right)), int(np.sum(~float_right & variant_right)),
+                              len(truth)),
+        agreement=float(np.mean(variant.predictions == reference_top1)),
+        per_class_accuracy=variant.per_class,
+        per_class_delta_pp=deltas,
+        confusion_matrix=variant.confusion_matrix,
+    )
 
 
-def measure_latency(classifier: ImageClassifier, warmup: int = 5, runs: int = 50) -> dict:
+def measure_latency(classifier: ImageClassifier, warmup: int = 5, runs: int = 50) -> Latency:
     """p50/p90/mean/min of ``set_tensor`` + ``invoke`` in milliseconds: the runtime's one timer, as ``bench`` uses.
 
     Example:
-        >>> measure_latency(ImageClassifier("model_int8.tflite", num_threads=2))["p50"]
+        >>> measure_latency(ImageClassifier("model_int8.tflite", num_threads=2)).p50
     """
     first_ms, samples = time_invokes(classifier, runs=runs, warmup=warmup)
     stats = latency_stats(samples)
-    return {**{k: round(stats[k], 3) for k in ("p50", "p90", "mean", "min")}, "first_ms": round(first_ms, 3),
-            "runs": runs, "warmup": warmup, "num_threads": classifier.num_threads}
+    return Latency(**{k: round(stats[k], 3) for k in ("p50", "p90", "mean", "min")}, first_ms=round(first_ms, 3),
+                   runs=runs, warmup=warmup, num_threads=classifier.num_threads)
 
 
 SIGNIFICANCE = 0.05
 
 
-def paired_drop(lost: int, gained: int, n: int) -> dict:
+def paired_drop(lost: int, gained: int, n: int) -> DropTest:
     """The accuracy drop on ``n`` paired images and how sure it is: ``lost`` images the float model got right
     and the variant wrong, ``gained`` the reverse.
 
@@ -107,7 +153,7 @@ def paired_drop(lost: int, gained: int, n: int) -> dict:
     gained is p = 0.001 (a real loss).
 
     Example:
-        >>> paired_drop(3, 0, 200)["significant"]
+        >>> paired_drop(3, 0, 200).significant
         False
     """
     from scipy.stats import binomtest, norm
@@ -117,31 +163,29 @@ def paired_drop(lost: int, gained: int, n: int) -> dict:
     half = (float(norm.ppf(0.975)) * np.sqrt(max(lost + gained - (lost - gained) ** 2 / n, 0.0)) + 1) / n \
         if n and lost + gained else 0.0
     p = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
-    return {"lost": lost, "gained": gained, "num_images": n, "drop_pp": round(100 * drop, 3),
-            "ci95_pp": [round(float(100 * (drop - half)), 3), round(float(100 * (drop + half)), 3)],
-            "p_value": round(p, 5), "significant": p < SIGNIFICANCE}
+    return DropTest(lost, gained, n, round(100 * drop, 3),
+                    [round(float(100 * (drop - half)), 3), round(float(100 * (drop + half)), 3)], round(p, 5),
+                    p < SIGNIFICANCE)
 
 
-def accuracy_fails(result: dict, max_accuracy_drop: float) -> bool:
+def accuracy_fails(drop_pp: float, test: DropTest, max_accuracy_drop: float) -> bool:
     """The drop is above the limit and unlikely to be noise."""
-    drop, test = result.get("accuracy_drop_pp"), result.get("drop_test")
-    return drop is not None and drop > max_accuracy_drop and (test is None or test["significant"])
+    return drop_pp > max_accuracy_drop and test.significant
 
 
-def gate(result: dict, max_accuracy_drop: float, max_latency_ms: float | None) -> list[str]:
-    """The failures of one variant against the limits; empty when it passes.
+def gate(drop_pp: float, test: DropTest, p50: float, max_accuracy_drop: float, max_latency_ms: float | None) -> list[str]:
+    """The failures of one variant (its accuracy drop in pp, the drop's test, its p50 latency in ms) against the
+    limits; empty when it passes.
 
     Accuracy fails when the drop is above ``max_accuracy_drop`` *and* unlikely to be noise (McNemar's exact
     test at 5%, see :func:`paired_drop`): on a few hundred images, one to three changed predictions
     must not decide whether a model ships.
     """
     failures = []
-    drop, test = result.get("accuracy_drop_pp"), result.get("drop_test")
-    if accuracy_fails(result, max_accuracy_drop):
-        why = f" ({test['lost']} images lost, {test['gained']} gained: p = {test['p_value']:.3g})" if test else ""
-        failures.append(f"accuracy drop {drop:.2f} pp > --max-accuracy-drop {max_accuracy_drop:g} pp{why}")
-    p50 = (result.get("latency_ms") or {}).get("p50")
-    if max_latency_ms is not None and p50 is not None and p50 > max_latency_ms:
+    if accuracy_fails(drop_pp, test, max_accuracy_drop):
+        failures.append(f"accuracy drop {drop_pp:.2f} pp > --max-accuracy-drop {max_accuracy_drop:g} pp "
+                        f"({test.lost} images lost, {test.gained} gained: p = {test.p_value:.3g})")
+    if max_latency_ms is not None and p50 > max_latency_ms:
         failures.append(f"p50 latency {p50:.2f} ms > --max-latency-ms {max_latency_ms:g} ms")
     return failures
 

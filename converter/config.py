@@ -7,7 +7,7 @@ from pathlib import Path
 
 from converter.targets import IO_TYPES, TARGETS
 from edge_app.runtime.errors import ConfigError, check_normalization, check_threads
-from edge_app.runtime.novelty import check_accept
+from edge_app.runtime.novelty import DEFAULT_ACCEPT, check_accept
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class ConvertConfig:
     max_eval_images: int | None = None
     seed: int = 0
     unknown: bool = True
-    unknown_accept: float = 0.95
+    unknown_accept: float = DEFAULT_ACCEPT
     unknown_check: Path | None = None
     field: Path | None = None
     field_map: tuple[str, ...] = ()

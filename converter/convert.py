@@ -30,6 +30,7 @@ from converter.graph import inspect_flatbuffer, size_breakdown, strip_tensor_nam
 from converter.int8 import build_cpu_int8
 from converter.reference import ReferenceModel
 from converter.report import SCHEMA, check_site, summarize_speed, write_reports
+from converter.results import Variant
 from converter.source import Source, load_source, stratified_sample
 from converter.targets import TARGETS
 from converter.worker import ConverterProcess
@@ -104,16 +105,16 @@ def run(config: ConvertConfig) -> dict:
             prove = partial(_write_and_check, quant, base_metadata=base_metadata, labels=source.labels,
                             checks=checks, config=config, threads=threads)
             if quant == "int8":
-                fp32_p50 = next((v["latency_ms"]["p50"] for v in variants if v["quant"] == "fp32"), None)
+                fp32_p50 = next((v.latency.p50 for v in variants if v.quant == "fp32"), None)
                 variants.append(build_cpu_int8(child, flatbuffers[quant], prove, path, config, fp32_p50))
             else:
                 variants.append(prove(flatbuffers[quant], path))
     _attach_unknown(variants, source, config, threads, field_split)
     if field is not None:
         _attach_field(variants, field, threads)
-    fp32_size = next((v["size_bytes"] for v in variants if v["quant"] == "fp32"), None)
+    fp32_size = next((v.size_bytes for v in variants if v.quant == "fp32"), None)
     for v in variants:
-        v["size_vs_fp32"] = round(v["size_bytes"] / fp32_size, 4) if fp32_size else None
+        v.size_vs_fp32 = round(v.size_bytes / fp32_size, 4) if fp32_size else None
     edgetpu = None
     if config.edgetpu:
         edgetpu = _edgetpu(flatbuffers["int8"], variants[-1], out_dir, base_metadata, source.labels)
@@ -124,7 +125,7 @@ def run(config: ConvertConfig) -> dict:
     return report
 
 
-def _attach_unknown(variants: list[dict], source: Source, config: ConvertConfig, threads: int,
+def _attach_unknown(variants: list[Variant], source: Source, config: ConvertConfig, threads: int,
                     field: dict | None = None) -> None:
     """Each proven variant gets its reference set for 'unknown', computed with itself (see :mod:`converter.unknown`);
     ``field``: a run's field ``train`` photos (taken into the reference set first) and ``val`` photos (which the
@@ -140,7 +141,7 @@ def _attach_unknown(variants: list[dict], source: Source, config: ConvertConfig,
         report = unknown.attach(variant, source.calibration, val, check, config, threads, field.get("val", []),
                                 field.get("train", []))
         if report is not None:
-            variant["unknown"] = report
+            variant.unknown = report
 
 
 def field_photos(source: Source, config: ConvertConfig) -> tuple[dict | None, dict]:
@@ -164,27 +165,27 @@ def field_photos(source: Source, config: ConvertConfig) -> tuple[dict | None, di
     return None, parts
 
 
-def _attach_field(variants: list[dict], field: dict, threads: int) -> None:
+def _attach_field(variants: list[Variant], field: dict, threads: int) -> None:
     """Each variant measured on the field photos exactly as the device runs it (``eval``'s figures), apart from
     its lab figures; a variant far below its lab accuracy on them says so."""
     from edge_app.runtime.scoring import score_photos
 
     for variant in variants:
-        classifier = ImageClassifier(variant["path"], num_threads=threads)
-        result, skipped = score_photos(classifier, field["items"], progress_desc=f"{Path(variant['path']).name}: field")
-        variant["field"] = {k: result[k] for k in ("accuracy", "balanced_accuracy", "num_images", "per_class",
+        classifier = ImageClassifier(variant.path, num_threads=threads)
+        result, skipped = score_photos(classifier, field["items"], progress_desc=f"{Path(variant.path).name}: field")
+        variant.field = {k: result[k] for k in ("accuracy", "balanced_accuracy", "num_images", "per_class",
                                                    "confusion_matrix", "unknown_rate", "known_accepted",
                                                    "accuracy_accepted") if k in result}
-        variant["field"] |= {"ece": result["calibration"]["ece"], "skipped": len(skipped), "source": field["source"]}
-        gap = 100 * (variant["accuracy"] - result["accuracy"])
-        log.info("%s: field top-1 %.1f%% on %d photos (lab %.1f%%)%s", variant["quant"], 100 * result["accuracy"],
-                 result["num_images"], 100 * variant["accuracy"], "" if "unknown_rate" not in result else
+        variant.field |= {"ece": result["calibration"]["ece"], "skipped": len(skipped), "source": field["source"]}
+        gap = 100 * (variant.accuracy - result["accuracy"])
+        log.info("%s: field top-1 %.1f%% on %d photos (lab %.1f%%)%s", variant.quant, 100 * result["accuracy"],
+                 result["num_images"], 100 * variant.accuracy, "" if "unknown_rate" not in result else
                  f", unknown {100 * result['unknown_rate']:.0f}%")
         if gap >= FIELD_GAP_WARN_PP:
             warning = (f"field top-1 {100 * result['accuracy']:.1f}% is {gap:.0f} points below the lab check: "
                        "the lab check flatters it; more field photos (train --field, or learn --field on the device) close the gap")
-            variant.setdefault("warnings", []).append(warning)
-            log.warning("%s: %s", variant["quant"], warning)
+            variant.warnings.append(warning)
+            log.warning("%s: %s", variant.quant, warning)
 
 
 def _float_checks(reference: ReferenceModel, source: Source, spec, config: ConvertConfig) -> Checks:
@@ -205,18 +206,18 @@ def _float_checks(reference: ReferenceModel, source: Source, spec, config: Conve
                   source.test_source)
 
 
-def _edgetpu(full_integer: bytes, int8: dict, out_dir: Path, base_metadata: dict, labels: list[str]) -> dict:
+def _edgetpu(full_integer: bytes, int8: Variant, out_dir: Path, base_metadata: dict, labels: list[str]) -> dict:
     """Compile the full-integer int8 graph; it is written beside the CPU's when that one keeps ops in float.
 
     When the CPU's int8 variant is full-integer, it is what gets compiled, with its embedding output and its
     reference set: the Edge TPU copy says ``unknown`` as the int8 variant does (scored in numpy on the device)."""
     metadata, members = {**base_metadata, "quant": "int8"}, None
-    source = Path(int8["path"])
-    if int8.get("kept_float") or (int8.get("repair") or {}).get("kept_layers"):
+    source = Path(int8.path)
+    if int8.kept_float or (int8.repair and int8.repair.kept_layers):
         source = out_dir / model_file("int8", full_integer=True)
         write_bytes(source, embed_metadata(strip_tensor_names(full_integer), {**metadata, "full_integer": True},
                                            labels))
-    elif (int8.get("unknown") or {}).get("enabled"):
+    elif (int8.unknown or {}).get("enabled"):
         proven = read_artifact(source, keep_bytes=True)
         full_integer = flatbuffer_part(proven.data)
         metadata[novelty.KEY] = proven.metadata[novelty.KEY]
@@ -227,7 +228,7 @@ def _edgetpu(full_integer: bytes, int8: dict, out_dir: Path, base_metadata: dict
 
 
 def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, labels: list[str], checks: Checks,
-                     config: ConvertConfig, threads: int, announce: bool = True) -> dict:
+                     config: ConvertConfig, threads: int, announce: bool = True) -> Variant:
     """Write one variant with its metadata, prove it, and embed the proof in it (``announce``: log the result;
     off for the candidates int8 compares internally)."""
     # The pooled features as a second output (what 'unknown' reads), in the graph that is proven.
@@ -235,24 +236,25 @@ def _write_and_check(quant: str, data: bytes, path: Path, base_metadata: dict, l
     metadata = {**base_metadata, "quant": quant}
     write_bytes(path, embed_metadata(data, metadata, labels))
     variant = _check(quant, path, data, labels, checks, config, threads)
-    metadata["accuracy"] = {k: variant[k] for k in ("accuracy", "accuracy_drop_pp", "agreement")} | {
-        "float_accuracy": checks.float_eval.accuracy, "num_images": len(checks.images), "data": checks.source}
+    metadata["accuracy"] = {"accuracy": variant.accuracy, "accuracy_drop_pp": variant.accuracy_drop_pp,
+                            "agreement": variant.agreement, "float_accuracy": checks.float_eval.accuracy,
+                            "num_images": len(checks.images), "data": checks.source}
     # Re-embed now that the accuracy is measured: the artifact carries its own proof.
     write_bytes(path, embed_metadata(data, metadata, labels))
     write_json(path.with_suffix(".json"), {**metadata, "labels": labels})
-    variant["size_bytes"] = path.stat().st_size
-    variant["size_breakdown"] = size_breakdown(path.read_bytes())
+    variant.size_bytes = path.stat().st_size
+    variant.size_breakdown = size_breakdown(path.read_bytes())
     say = log.info if announce else log.debug
     say("%s: %s, accuracy %.2f%% (drop %+.2f pp), agreement %.2f%%, p50 %.2f ms%s", quant,
-             path.name, 100 * variant["accuracy"], variant["accuracy_drop_pp"], 100 * variant["agreement"],
-             variant["latency_ms"]["p50"], "" if variant["passed"] else " FAILED: " + "; ".join(variant["failures"]))
-    for warning in variant["warnings"] if announce else ():
+             path.name, 100 * variant.accuracy, variant.accuracy_drop_pp, 100 * variant.agreement,
+             variant.latency.p50, "" if variant.passed else " FAILED: " + "; ".join(variant.failures))
+    for warning in variant.warnings if announce else ():
         log.warning("%s: %s", quant, warning)
     return variant
 
 
 def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Checks, config: ConvertConfig,
-           threads: int) -> dict:
+           threads: int) -> Variant:
     classifier = open_classifier(path, labels, threads)
     predictions = tflite_predictions(classifier, checks.images, desc=path.name)
     result = compare(evaluate(predictions, checks.truth, labels), checks.float_eval, checks.float_top1, checks.truth)
@@ -264,35 +266,39 @@ def _check(quant: str, path: Path, data: bytes, labels: list[str], checks: Check
         fell = ", ".join(f"{k} {n}" for k, n in graph.cpu_fallback_ops.items()) or "some ops"
         warnings.append(f"XNNPACK split the graph into {graph.xnnpack_partitions} partitions; outside it on "
                         f"reference kernels: {fell}")
-    detail = classifier.input_detail, classifier.output_detail
-    variant = {
-        "quant": quant,
-        "description": TARGETS[quant].description,
-        "path": str(path),
-        "size_bytes": path.stat().st_size,
-        "io": {"input": np.dtype(detail[0]["dtype"]).name, "output": np.dtype(detail[1]["dtype"]).name,
-               "input_quantization": [float(q) for q in detail[0]["quantization"]]},
-        **result,
-        "latency_ms": latency,
-        "graph": graph.to_dict(),
-        "kernels": None if classifier.kernels is None else classifier.kernels.to_dict(),
-        "warnings": warnings,
-    }
-    variant["failures"] = gate(variant, config.max_accuracy_drop, config.max_latency_ms)
-    test = variant["drop_test"]
-    if variant["accuracy_drop_pp"] > config.max_accuracy_drop and not test["significant"]:
-        warnings.append(f"drop {variant['accuracy_drop_pp']:.2f} pp is above --max-accuracy-drop but could be chance "
-                        f"({test['lost']} images lost, {test['gained']} gained: p = {test['p_value']:.3g}); check on "
+    failures = gate(result.accuracy_drop_pp, result.drop_test, latency.p50, config.max_accuracy_drop,
+                    config.max_latency_ms)
+    test = result.drop_test
+    if result.accuracy_drop_pp > config.max_accuracy_drop and not test.significant:
+        warnings.append(f"drop {result.accuracy_drop_pp:.2f} pp is above --max-accuracy-drop but could be chance "
+                        f"({test.lost} images lost, {test.gained} gained: p = {test.p_value:.3g}); check on "
                         "more images to be sure (--data DIR)")
-    variant["passed"] = not variant["failures"]
+    detail = classifier.input_detail, classifier.output_detail
+    variant = Variant(
+        quant=quant,
+        description=TARGETS[quant].description,
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        io={"input": np.dtype(detail[0]["dtype"]).name, "output": np.dtype(detail[1]["dtype"]).name,
+            "input_quantization": [float(q) for q in detail[0]["quantization"]]},
+        **vars(result),  # accuracy, drop and its test, agreement, per-class figures, confusion matrix
+        latency=latency,
+        graph=graph,
+        kernels=classifier.kernels,
+        warnings=warnings,
+        failures=failures,
+        passed=not failures,
+    )
     del classifier
     return variant
 
 
 def _report(source: Source, reference: ReferenceModel, base_metadata: dict, checks: Checks,
-            calibration_summary: dict | None, config: ConvertConfig, threads: int, variants: list[dict],
+            calibration_summary: dict | None, config: ConvertConfig, threads: int, variants: list[Variant],
             edgetpu: dict | None) -> dict:
+    """The ``conversion.json`` dict: the variants are written out here, as their ``to_dict()``."""
     truth = checks.truth
+    written = [v.to_dict() for v in variants]
     report = {
         "schema": SCHEMA,
         "model": str(source.model_path),
@@ -309,15 +315,15 @@ def _report(source: Source, reference: ReferenceModel, base_metadata: dict, chec
         "calibration": calibration_summary,
         "limits": {"max_accuracy_drop_pp": config.max_accuracy_drop, "max_latency_ms": config.max_latency_ms},
         "machine": _machine(threads, config),
-        "variants": variants,
+        "variants": written,
         "speed": summarize_speed(variants),
         "edgetpu": edgetpu,
     }
-    field = next((v["field"] for v in variants if v.get("field")), None)
+    field = next((v.field for v in variants if v.field), None)
     if field is not None:
         report["field"] = {"source": field["source"], "num_images": field["num_images"]}
-    report["checked_on"] = [check_site(platform.machine(), platform.python_version(), variants)]
-    report["passed"] = all(v["passed"] for v in variants) and (edgetpu or {}).get("status") != "failed"
+    report["checked_on"] = [check_site(platform.machine(), platform.python_version(), written)]
+    report["passed"] = all(v.passed for v in variants) and (edgetpu or {}).get("status") != "failed"
     return report
 
 

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from converter.results import Variant
 from edge_app.runtime.files import write_json, write_text
 from edge_app.runtime.rundir import CONVERSION, CONVERSION_MD
 
 SCHEMA = "edgecls.conversion/1"
 
 
-def summarize_speed(variants: list[dict]) -> dict:
+def summarize_speed(variants: list[Variant]) -> dict:
     """Which variant is fastest and smallest here, and by how much against fp32."""
-    timed = [v for v in variants if (v.get("latency_ms") or {}).get("p50") is not None]
     out: dict = {}
-    if timed:
-        fastest = min(timed, key=lambda v: v["latency_ms"]["p50"])
-        out["fastest"] = fastest["quant"]
-        fp32 = next((v for v in timed if v["quant"] == "fp32"), None)
-        if fp32:
-            out["speedup_vs_fp32"] = {v["quant"]: round(fp32["latency_ms"]["p50"] / v["latency_ms"]["p50"], 2)
-                                      for v in timed}
     if variants:
-        out["smallest"] = min(variants, key=lambda v: v["size_bytes"])["quant"]
+        out["fastest"] = min(variants, key=lambda v: v.latency.p50).quant
+        fp32 = next((v for v in variants if v.quant == "fp32"), None)
+        if fp32:
+            out["speedup_vs_fp32"] = {v.quant: round(fp32.latency.p50 / v.latency.p50, 2) for v in variants}
+        out["smallest"] = min(variants, key=lambda v: v.size_bytes).quant
     return out
 
 

@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from converter.graph import size_breakdown
-from edge_app.learn import graph, rewrite
+from converter.results import Variant
 from edge_app.runtime import (
     ImageClassifier,
     ModelArtifact,
     embed_metadata,
+    graph,
     list_images,
     novelty,
     read_artifact,
+    rewrite,
 )
 from edge_app.runtime.artifact import flatbuffer_part
 from edge_app.runtime.errors import DataError, ImageError, ModelError
@@ -55,13 +57,13 @@ def with_embedding_output(data: bytes) -> bytes:
     return rewrite.with_output(model, embedding)
 
 
-def attach(variant: dict, train: list, val: list, test: list, config, threads: int,
+def attach(variant: Variant, train: list, val: list, test: list, config, threads: int,
            field_val: list = (), field_train: list = ()) -> dict | None:
     """Compute, check and embed the reference set of one written variant; returns its report (``None`` when the
     variant has no embedding output). ``train``/``val``/``test``: ``(path, class index)`` items; ``field_val``:
     held-out field photos (a run trained with ``--field``), which the threshold must accept at the same rate;
     ``field_train``: its field training photos, taken into the reference set first."""
-    path = Path(variant["path"])
+    path = Path(variant.path)
     artifact = read_artifact(path, keep_bytes=True)
     model = graph.read_model(artifact.data)
     outputs = model.subgraphs[0].outputs
@@ -110,8 +112,8 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
                 f"{100 * config.unknown_accept:.0f}% on {fitted.calibrated_on}: those look more like the training "
                 "photos than the check images do (carved from the same photos?). New photos will be called unknown "
                 "more often than planned: give val/ photos taken apart from train/, or a higher --unknown-accept")
-            variant.setdefault("warnings", []).append(warning)
-            log.warning("%s: %s", variant["quant"], warning)
+            variant.warnings.append(warning)
+            log.warning("%s: %s", variant.quant, warning)
     if config.unknown_check is not None and known is not None:
         items = [(p, -1) for p in list_images(config.unknown_check, recursive=True)]
         if not items:
@@ -128,8 +130,8 @@ def attach(variant: dict, train: list, val: list, test: list, config, threads: i
                                                                fitted.per_class)}
     write_bytes(path, embed_metadata(artifact.data, metadata, artifact.labels, {novelty.MEMBER: member}))
     write_json(path.with_suffix(".json"), {**metadata, "labels": artifact.labels})
-    variant["size_bytes"] = path.stat().st_size
-    variant["size_breakdown"] = size_breakdown(path.read_bytes())
+    variant.size_bytes = path.stat().st_size
+    variant.size_breakdown = size_breakdown(path.read_bytes())
     log.info("%s: 'unknown' above novelty %.3f (%d reference photos, %.0f kB; accepts %.0f%% of %s)%s", path.name,
              fitted.threshold, len(fitted.chosen), len(member) / 1e3, 100 * config.unknown_accept,
              fitted.calibrated_on, "" if "check" not in report else

@@ -138,9 +138,9 @@ def _bench(run_dir: Path, data: Path, config: DemoConfig) -> dict:
 
 
 def _live(run_dir: Path, config: DemoConfig) -> dict:
+    from edge_app.frames.sinks import UNKNOWN
     from edge_app.live.app import AppConfig
     from edge_app.live.app import run as run_app
-    from edge_app.live.sinks import UNKNOWN
 
     _stage("4/6 classify a video of held-out images with the live loop (headless)")
     video, truth = _held_out_video(run_dir, per_class=4 if config.quick else 20)
@@ -227,7 +227,7 @@ def _held_out_video(run_dir: Path, per_class: int) -> tuple[Path, list[str]]:
     frames of each photo of none of the classes (their truth: ``unknown``)."""
     import cv2
 
-    from edge_app.live.sinks import UNKNOWN
+    from edge_app.frames.sinks import UNKNOWN
     from edge_app.runtime import list_images, read_image
     from edge_app.runtime.rundir import LABELS, load_split
 

@@ -66,15 +66,14 @@ figures include that load (the report's device line says the load average).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from edgecls.cli import ArgumentParser, HelpFormatter
-
     parser.epilog = EPILOG
-    actions = parser.add_subparsers(dest="fleet_action", metavar="ACTION", title="actions", parser_class=ArgumentParser,
+    # The actions parse and show help as the command's own parser does (edgecls' one-line errors, defaults shown).
+    actions = parser.add_subparsers(dest="fleet_action", metavar="ACTION", title="actions", parser_class=type(parser),
                                     required=True)
     made = {}
     for name, (summary, examples) in ACTIONS.items():
         made[name] = sub = actions.add_parser(name, help=summary, description=summary, epilog=examples,
-                                              formatter_class=HelpFormatter, prog=f"edgecls fleet {name}")
+                                              formatter_class=parser.formatter_class, prog=f"edgecls fleet {name}")
         # Also after the action (edgecls fleet status -v); SUPPRESS keeps 'edgecls fleet -v status' working.
         sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more detail on stderr")
         sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")

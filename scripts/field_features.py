@@ -26,10 +26,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from field_curve import CLASSES, FIELD, LAB, REPORT_SHARE, SPLIT_SEED, TOMATO  # noqa: E402
 
-from edge_app.learn import graph, rewrite  # noqa: E402
 from edge_app.learn.embed import Embedder  # noqa: E402
 from edge_app.learn.learn import DEFAULT_BASE  # noqa: E402
-from edge_app.runtime import preprocess, read_image  # noqa: E402
+from edge_app.runtime import graph, preprocess, read_image, rewrite  # noqa: E402
 from edge_app.runtime.artifact import read_artifact  # noqa: E402
 
 

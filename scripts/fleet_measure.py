@@ -31,8 +31,8 @@ SHARED = Path(os.environ.get("EDGECLS_SHARED", REPO.parent / "shared"))
 
 DEVICE = r'''
 import json, random, sys, time
-from edge_app.live.mqtt import MqttLink
-from edge_app.live.sinks.base import Result
+from edge_app.link.mqtt import MqttLink
+from edge_app.frames.sinks.base import Result
 url, n, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 links = [MqttLink(url, f"sim-{i:03d}") for i in range(n)]
 for i, link in enumerate(links):

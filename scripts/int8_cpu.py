@@ -78,7 +78,7 @@ def speed(out: Path, backbone: str, threads, runs: int, rounds: int) -> dict:
         for name, v in variants.items():
             for n in threads:
                 classifier = ImageClassifier(v["path"], num_threads=n)
-                p50 = measure_latency(classifier, warmup=10, runs=runs)["p50"]
+                p50 = measure_latency(classifier, warmup=10, runs=runs).p50
                 rows[name][f"p50_ms_{n}t"] = min(p50, rows[name].get(f"p50_ms_{n}t", p50))
                 del classifier
     return rows

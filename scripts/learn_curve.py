@@ -27,11 +27,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_app.learn import graph, heads, rewrite  # noqa: E402
+from edge_app.learn import heads  # noqa: E402
 from edge_app.learn.embed import Embedder  # noqa: E402
 from edge_app.learn.learn import DEFAULT_BASE  # noqa: E402
 from edge_app.learn.report import evaluate  # noqa: E402
-from edge_app.runtime import ImageClassifier, list_images  # noqa: E402
+from edge_app.runtime import ImageClassifier, graph, list_images, rewrite  # noqa: E402
 from edge_app.runtime.timing import latency_stats, time_invokes  # noqa: E402
 
 POTATO = Path(os.environ.get("EDGECLS_SHARED", REPO.parent / "shared")) / "datasets" / "plantvillage-potato"

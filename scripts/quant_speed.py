@@ -125,7 +125,7 @@ def latency_table(report: dict, threads: tuple[int, ...], runs: int, rounds: int
         for v, row in zip(report["variants"], rows, strict=True):
             for n in threads:
                 classifier = ImageClassifier(v["path"], num_threads=n)
-                p50 = measure_latency(classifier, warmup=10, runs=runs)["p50"]
+                p50 = measure_latency(classifier, warmup=10, runs=runs).p50
                 row[f"p50_ms_{n}t"] = min(p50, row.get(f"p50_ms_{n}t", p50))
                 del classifier
     return rows

@@ -16,9 +16,10 @@ busy=${STRESS_BUSY:-2}
 if [ $# -gt 0 ]; then
     tests=("$@")
 else
-    # The fleet (broker, acks, deploys), the kiosk's web server, field collection, live swaps, and edgecls run.
-    tests=(tests/fleet tests/edge_app/test_web*.py tests/edge_app/test_field.py tests/edge_app/test_collect.py
-           tests/edge_app/test_swap.py tests/edge_app/test_app*.py)
+    # The fleet (broker, acks, deploys), the device's MQTT link, the kiosk's web server, field collection, live swaps,
+    # and edgecls run.
+    tests=(tests/fleet tests/edge_app/link tests/edge_app/kiosk/test_web*.py tests/edge_app/kiosk/test_field.py tests/edge_app/kiosk/test_collect.py
+           tests/edge_app/live/test_swap.py tests/edge_app/live/test_app*.py)
 fi
 
 logs=$(mktemp -d)

@@ -37,10 +37,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_app.learn import graph, heads, rewrite  # noqa: E402
+from edge_app.learn import heads  # noqa: E402
 from edge_app.learn.embed import Embedder  # noqa: E402
 from edge_app.learn.learn import DEFAULT_BASE  # noqa: E402
-from edge_app.runtime import list_images  # noqa: E402
+from edge_app.runtime import graph, list_images, rewrite  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGECLS_SHARED", REPO.parent / "shared"))
 POTATO = SHARED / "datasets" / "plantvillage-potato"

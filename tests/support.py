@@ -124,7 +124,7 @@ def free_port() -> int:
 class Kiosk:
     """A tiny client: JSON in and out, the token and headers as a browser (or an attacker) would send them."""
 
-    TOKEN_HEADER = "X-Edgecls-Token"  # edge_app.live.web.TOKEN_HEADER, spelled out: a client sees only the wire
+    TOKEN_HEADER = "X-Edgecls-Token"  # edge_app.kiosk.server.TOKEN_HEADER, spelled out: a client sees only the wire
 
     def __init__(self, port: int):
         self.base = f"http://127.0.0.1:{port}"
@@ -199,3 +199,39 @@ def running_kiosk(tmp_path: Path, source: Path | None = None, collected: int = 6
         stop.set()
         thread.join(60)
     assert not thread.is_alive() and "error" not in out, out
+
+
+# A swap test's expectations on the real bird model, and the way a deploy replaces a model file.
+PARROT, BIRD_PARROT = "macaw", "Ara macao (Scarlet Macaw)"
+
+
+def replace_atomically(model: Path, data: bytes) -> None:
+    tmp = model.with_name(".incoming.tflite")
+    tmp.write_bytes(data)
+    os.replace(tmp, model)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "it", run: tuple | None = None):
+    """Poll ``predicate``; ``run`` = (thread, out) of an in-process run that must still be going."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if run is not None and not run[0].is_alive():
+            raise AssertionError(f"the run ended while waiting for {what}: {run[1]}")
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"waited {timeout} s for {what}")
+
+
+POTATO_CLASSES = ("Potato___Early_blight", "Potato___Late_blight", "Potato___healthy")
+
+
+def potato_subset(root: Path, classes=POTATO_CLASSES, per_class: int = 15, offset: int = 0) -> Path:
+    """``root/<class>/`` with ``per_class`` real potato photos each (symlinks: the dataset is not copied)."""
+    for label in classes:
+        folder = root / label
+        folder.mkdir(parents=True)
+        for photo in sorted((POTATO / label).iterdir())[offset:offset + per_class]:
+            (folder / photo.name).symlink_to(photo)
+    return root

@@ -112,7 +112,7 @@ class Port:
 
 def read_port(path: Path, weights: str | None = None) -> Port:
     """Read every conv op and the classifier of the ``.tflite`` at ``path``, dequantized and in Keras layout."""
-    from edge_app.learn import graph as tfl
+    from edge_app.runtime import graph as tfl
 
     flag = f"--weights {weights or path}"
     data = _read_bounded(path, flag)

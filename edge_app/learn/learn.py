@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_app.learn import data as photos
-from edge_app.learn import graph, heads, rewrite
+from edge_app.learn import heads
 from edge_app.learn import unknown as unknown_set
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
-from edge_app.runtime import novelty
+from edge_app.runtime import graph, novelty, rewrite
 from edge_app.runtime.artifact import (
     MAX_MEMBER_BYTES,
     embed_metadata,

@@ -1,1 +1,2 @@
-"""The live app: frames in (sources, feeds), one loop, results out (sinks, the web view and kiosk page)."""
+"""``edgecls run``, the composition: its settings, the loop, the live model swap, and the app that wires a
+source, a model and the outputs of ``frames``, ``kiosk`` and ``link`` together."""

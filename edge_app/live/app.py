@@ -35,7 +35,7 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
 
     Args:
         config: the run's settings.
-        source: a :class:`~edge_app.live.sources.FrameSource` to use instead of ``config.source``
+        source: a :class:`~edge_app.frames.sources.FrameSource` to use instead of ``config.source``
             (tests inject fakes; integrators their own cameras).
         stop: set it (from another thread) to end the run, as SIGTERM does.
 
@@ -48,8 +48,8 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
     """
     import cv2
 
-    from edge_app.live.feeds import FileFeed, LiveFeed
-    from edge_app.live.sources import open_source
+    from edge_app.frames.feeds import FileFeed, LiveFeed
+    from edge_app.frames.sources import open_source
     from edge_app.live.swap import ModelSwapper, recover_interrupted_install
     from edge_app.runtime import ImageClassifier
     from edge_app.runtime.device import device_facts
@@ -136,12 +136,12 @@ def run(config: AppConfig, source=None, stop: threading.Event | None = None) -> 
 
 def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
     """Open the outputs into ``sinks`` one by one, so those made before a failure still get closed."""
-    from edge_app.live.sinks import UNCERTAIN, UNKNOWN, FrameSaver, JsonlLog, OverlayWindow
+    from edge_app.frames.sinks import UNCERTAIN, UNKNOWN, FrameSaver, JsonlLog, OverlayWindow
 
     web = collector = ha = None
     if config.web:
-        from edge_app.live.web import WebView
-        from edge_app.live.web_address import parse_web_address
+        from edge_app.kiosk.address import parse_web_address
+        from edge_app.kiosk.server import WebView
 
         host, port = parse_web_address(config.web, config.allow_remote)
         token = _kiosk_token(config) if config.learn else None
@@ -155,30 +155,30 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
         if token and not config.token_file:
             log.info("kiosk token (for the field loop: its actions and pages): %s  open %s#token=%s", token, web.url, token)
     if config.mqtt:
-        from edge_app.live.mqtt import MqttLink
+        from edge_app.link.mqtt import MqttLink
 
         def install(data: bytes, origin: str) -> tuple[bool, str, str | None]:
             outcome = swapper.install(data, f"deploy from {origin}")
             return outcome.accepted, outcome.reason, outcome.sha256
 
         if config.ha_discovery is not None:
-            from edge_app.live.ha_discovery import HaDiscovery
+            from edge_app.link.ha_discovery import HaDiscovery
 
             ha = HaDiscovery(config.ha_discovery, image=bool(config.collect))
         sinks.append(MqttLink(config.mqtt, config.fleet_id, ca_file=config.mqtt_ca, trust=config.trust,
                               installer=install, ha_discovery=ha))
     if config.collect:
-        from edge_app.live.collect import FrameCollector
+        from edge_app.kiosk.collect import FrameCollector
 
         collector = FrameCollector(config.collect_config(), model_sha256=lambda: swapper.sha256, on_event=emit,
                                    on_saved=ha.offer_frame if ha is not None else None)
         sinks.append(collector)
         if config.learn:
-            from edge_app.live.field import FieldLearning
+            from edge_app.kiosk.field import FieldLearning
 
             web.field = FieldLearning(collector, swapper)
     if web is not None:
-        from edge_app.live.metrics import make_metrics
+        from edge_app.kiosk.metrics import make_metrics
 
         web.metrics = make_metrics(lambda: swapper.clf, collector)
         if web.metrics is not None:
@@ -346,7 +346,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument("--mqtt-ca", metavar="FILE", help="the CA certificate of an mqtts:// broker")
     fleet.add_argument("--trust", metavar="KEY.pub", help="the ed25519 public key deploys must be signed with "
                        "(edgecls fleet keygen); without it, remote deploys are refused")
-    from edge_app.live.ha_discovery import DEFAULT_PREFIX
+    from edge_app.link.ha_discovery import DEFAULT_PREFIX
 
     fleet.add_argument("--ha-discovery", nargs="?", const=DEFAULT_PREFIX, metavar="PREFIX",
                        help="also appear in Home Assistant as one device (MQTT discovery, retained configs under "
@@ -357,17 +357,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = AppConfig(
-        model=args.model, labels=args.labels, source=args.source, device=args.device, num_threads=args.num_threads,
-        display=args.display, web=args.web, allow_remote=args.allow_remote,
-        log=args.log, log_max_mb=args.log_max_mb, log_backups=args.log_backups, threshold=args.threshold,
-        smooth=args.smooth, top_k=args.top_k, max_frames=args.max_frames, duration=args.duration,
-        save_frames=args.save_frames, save_when=args.save_when, save_every=args.save_every, save_max=args.save_max,
-        loop=args.loop, fast_decode=not args.full_decode, web_fps=args.web_fps, mean=args.mean, std=args.std, max_pixels=args.max_pixels,
-        watch=not args.no_watch, collect=args.collect, collect_below=args.collect_below,
-        collect_margin=args.collect_margin, collect_every=args.collect_every,
-        collect_sample_every=args.collect_sample_every, collect_max=args.collect_max, learn=args.learn,
-        token_file=args.token_file, public_view=args.public_view, mqtt=args.mqtt, device_id=args.device_id,
-        mqtt_ca=args.mqtt_ca, trust=args.trust, unknown=args.unknown != "off", ha_discovery=args.ha_discovery)
-    run(config)
+    run(AppConfig.from_args(args))
     return 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, fields
 
 from edge_app.runtime.errors import EdgeclsError, check_normalization, check_threads
 
@@ -59,9 +60,18 @@ class AppConfig:
     trust: str | None = None
     ha_discovery: str | None = None  # Home Assistant's discovery prefix; None: no discovery
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AppConfig:
+        """The settings ``edgecls run``'s flags give: each field from the flag of its name; three flags say the
+        field the other way round (``--full-decode``, ``--no-watch``, ``--unknown off``)."""
+        given = vars(args)
+        settings = {f.name: given[f.name] for f in fields(cls) if f.name in given}
+        settings.update(fast_decode=not args.full_decode, watch=not args.no_watch, unknown=args.unknown != "off")
+        return cls(**settings)
+
     def collect_config(self):
         """The ``--collect`` settings, or ``None``."""
-        from edge_app.live.collect import CollectConfig
+        from edge_app.kiosk.collect import CollectConfig
 
         if not self.collect:
             return None
@@ -109,7 +119,7 @@ class AppConfig:
         check_normalization(self.mean, self.std)
         self.collect_config()
         if self.web:
-            from edge_app.live.web_address import parse_web_address
+            from edge_app.kiosk.address import parse_web_address
 
             parse_web_address(self.web, self.allow_remote)
         if self.mqtt:
@@ -118,7 +128,7 @@ class AppConfig:
             parse_broker_url(self.mqtt, "--mqtt")
             check_device_id(self.fleet_id)
             if self.ha_discovery is not None:
-                from edge_app.live.ha_discovery import check_prefix
+                from edge_app.link.ha_discovery import check_prefix
 
                 check_prefix(self.ha_discovery)
 

@@ -67,8 +67,8 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
                     swapper=None) -> RunStats:
     """Classify until the feed ends or a stop; ``swapper`` (a :class:`~edge_app.live.swap.ModelSwapper`)
     hands over a new model, switched to between two frames."""
-    from edge_app.live.sinks import UNCERTAIN, UNKNOWN, Result, StopRequested
-    from edge_app.live.smoothing import RateMeter, Smoother
+    from edge_app.frames.sinks import UNCERTAIN, UNKNOWN, Result, StopRequested
+    from edge_app.frames.smoothing import RateMeter, Smoother
     from edge_app.runtime import preprocess
     from edge_app.runtime.device import cpu_temperature_c
 
@@ -132,10 +132,11 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
                 novelty = float(novelty_smoother.update(np.float32([novelty]))[0])
             label = UNKNOWN if clf.is_unknown(novelty) else best.label if best.score >= config.threshold else UNCERTAIN
             now = time.time()
-            result = Result(frame.index, now, label, best.score, [(c.label, c.score) for c in top[:config.top_k]],
-                            (now - frame.t) * 1000, meter.tick(), frame.file,
-                            [(c.label, c.score) for c in top] if ranked > config.top_k else None, novelty,
-                            (t3 - t2) * 1000)
+            result = Result(frame=frame.index, t=now, label=label, score=best.score,
+                            top_k=[(c.label, c.score) for c in top[:config.top_k]],
+                            latency_ms=(now - frame.t) * 1000, fps=meter.tick(), file=frame.file,
+                            ranked=[(c.label, c.score) for c in top] if ranked > config.top_k else None,
+                            novelty=novelty, invoke_ms=(t3 - t2) * 1000)
             for sink in sinks:
                 sink.update(frame, result)
             frames += 1
@@ -174,7 +175,7 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
 
 def _swap(clf, swapper, sinks: list, config: AppConfig):
     """Switch to the swapper's new model: fresh input buffer and smoothing, an event to every sink."""
-    from edge_app.live.smoothing import Smoother
+    from edge_app.frames.smoothing import Smoother
 
     new = swapper.take()
     old_sha, new_sha = clf.artifact.sha256, new.artifact.sha256

@@ -116,11 +116,13 @@ class ImageClassifier:
         return named[0]
 
     def _score_in_graph(self, data: bytes | None) -> None:
-        """Run the model with the k-NN product inside its graph (:func:`edge_app.learn.rewrite.with_knn`): XNNPACK
+        """Run the model with the k-NN product inside its graph (:func:`edge_app.runtime.rewrite.with_knn`): XNNPACK
         does it in a few µs where numpy took ~20 beside a 0.2 ms invoke. numpy stays the fallback (tflite-runtime
         has no flatbuffer schema to edit with; an Edge TPU model keeps its graph as compiled). ``data``: the bytes
         the metadata and reference set were read from (``None``: the file is read again, as any model is)."""
-        from edge_app.learn import rewrite  # graph editing: ai-edge-litert's schema and numpy, no TensorFlow
+        from edge_app.runtime import (
+            rewrite,  # graph editing: ai-edge-litert's schema and numpy, no TensorFlow
+        )
 
         reference = self.reference
         try:

@@ -63,7 +63,9 @@ def add_unknown(parser: argparse.ArgumentParser, help: str) -> None:
 
 def add_unknown_calibration(parser: argparse.ArgumentParser) -> None:
     """``--unknown-accept F`` and ``--unknown-check DIR``: how a reference set's threshold is set, and checked."""
-    parser.add_argument("--unknown-accept", type=float, default=0.95, metavar="F",
+    from edge_app.runtime.novelty import DEFAULT_ACCEPT
+
+    parser.add_argument("--unknown-accept", type=float, default=DEFAULT_ACCEPT, metavar="F",
                         help="'unknown': the share of held-out photos of the classes its threshold accepts")
     parser.add_argument("--unknown-check", default=None, metavar="DIR",
                         help="photos of things that are none of the classes: report how many are called unknown, "

@@ -11,7 +11,7 @@ embeddings. On plantvillage-potato with Coral's ImageNet embedding (``scripts/un
 that are not leaves were accepted 0% of the time at 95% of known leaves accepted, against 48% for the max
 softmax probability that ``--threshold`` uses; docs/unknown.md has the near-unknown figures. A frame costs
 one [M, D] × [D] product: where it can, :class:`~edge_app.runtime.classifier.ImageClassifier` runs it inside
-the graph (:func:`edge_app.learn.rewrite.with_knn`), else :meth:`Reference.score` does it here, the same score
+the graph (:func:`edge_app.runtime.rewrite.with_knn`), else :meth:`Reference.score` does it here, the same score
 (the one learn and convert calibrate with). A set of more than ``MAX_SCANNED`` references (a 1000-class base)
 is searched among the references of the ``CANDIDATES`` classes the model scores highest, so the cost stays
 bounded (in numpy).

@@ -89,22 +89,7 @@ def load_private_key(path: str | os.PathLike, flag: str = "--key"):
     Example:
         >>> key = load_private_key("fleet.key")
     """
-    serialization, ed25519, _ = _crypto()
-    data = _read_key_file(path, "private key", flag)
-    try:
-        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY"):
-            key = serialization.load_ssh_private_key(data, password=None)
-        else:
-            key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as e:
-        hint = " (that is the public key: pass the file without .pub)" if b"PUBLIC KEY" in data[:100] or \
-            str(path).endswith(".pub") else ""
-        raise FleetError(f"{flag} {path} is not an unencrypted ed25519 private key{hint}; "
-                         "make one with: edgecls fleet keygen KEY") from e
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise FleetError(f"{flag} {path} is a {type(key).__name__}, not an ed25519 key; "
-                         "make one with: edgecls fleet keygen KEY")
-    return key
+    return _load_key(path, flag, private=True)
 
 
 def load_public_key(path: str | os.PathLike, flag: str = "--trust"):
@@ -113,20 +98,33 @@ def load_public_key(path: str | os.PathLike, flag: str = "--trust"):
     Example:
         >>> trust = load_public_key("fleet.key.pub")
     """
+    return _load_key(path, flag, private=False)
+
+
+def _load_key(path: str | os.PathLike, flag: str, private: bool):
+    """One half of a key pair, PEM or OpenSSH; an error names the file, what it holds instead, and the fix."""
     serialization, ed25519, _ = _crypto()
-    data = _read_key_file(path, "public key", flag)
+    data = _read_key_file(path, "private key" if private else "public key", flag)
     try:
-        if data.lstrip().startswith(b"ssh-ed25519"):
-            key = serialization.load_ssh_public_key(data.strip())
+        if private:
+            ssh = data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
+            key = (serialization.load_ssh_private_key if ssh else serialization.load_pem_private_key)(data, password=None)
         else:
-            key = serialization.load_pem_public_key(data)
+            ssh = data.lstrip().startswith(b"ssh-ed25519")
+            key = serialization.load_ssh_public_key(data.strip()) if ssh else serialization.load_pem_public_key(data)
     except (ValueError, TypeError, binascii.Error) as e:
-        hint = " (that looks like a private key: copy KEY.pub to the device, never KEY)" if b"PRIVATE" in data[:100] \
-            else ""
+        if private:
+            other_half = b"PUBLIC KEY" in data[:100] or str(path).endswith(".pub")
+            hint = " (that is the public key: pass the file without .pub)" if other_half else ""
+            raise FleetError(f"{flag} {path} is not an unencrypted ed25519 private key{hint}; "
+                             "make one with: edgecls fleet keygen KEY") from e
+        hint = " (that looks like a private key: copy KEY.pub to the device, never KEY)" if b"PRIVATE" in data[:100] else ""
         raise FleetError(f"{flag} {path} is not an ed25519 public key{hint}; "
                          "the host makes one with: edgecls fleet keygen KEY (then copy KEY.pub)") from e
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise FleetError(f"{flag} {path} is a {type(key).__name__}, not an ed25519 public key")
+    wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
+    if not isinstance(key, wanted):
+        raise FleetError(f"{flag} {path} is a {type(key).__name__}, not an ed25519 {'key' if private else 'public key'}"
+                         + ("; make one with: edgecls fleet keygen KEY" if private else ""))
     return key
 
 

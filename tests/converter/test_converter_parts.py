@@ -64,20 +64,18 @@ def test_the_gate_does_not_hinge_on_a_few_images():
     from converter.checks import accuracy_fails, gate, paired_drop
 
     noise = paired_drop(3, 0, 200)
-    assert noise["drop_pp"] == 1.5 and noise["p_value"] == 0.125 and not noise["significant"]
-    assert noise["ci95_pp"][0] < 0 < noise["ci95_pp"][1]
+    assert noise.drop_pp == 1.5 and noise.p_value == 0.125 and not noise.significant
+    assert noise.ci95_pp[0] < 0 < noise.ci95_pp[1]
     real = paired_drop(15, 2, 200)
-    assert real["drop_pp"] == 6.5 and real["significant"] and real["p_value"] == pytest.approx(154 / 2 ** 17, abs=1e-5)
-    assert real["ci95_pp"][0] > 1.0
-    assert paired_drop(0, 0, 200) == {"lost": 0, "gained": 0, "num_images": 200, "drop_pp": 0.0,
-                                      "ci95_pp": [0.0, 0.0], "p_value": 1.0, "significant": False}
-    assert paired_drop(2, 5, 200)["drop_pp"] == -1.5 and not paired_drop(2, 5, 200)["significant"]
+    assert real.drop_pp == 6.5 and real.significant and real.p_value == pytest.approx(154 / 2 ** 17, abs=1e-5)
+    assert real.ci95_pp[0] > 1.0
+    assert paired_drop(0, 0, 200).to_dict() == {"lost": 0, "gained": 0, "num_images": 200, "drop_pp": 0.0,
+                                                "ci95_pp": [0.0, 0.0], "p_value": 1.0, "significant": False}
+    assert paired_drop(2, 5, 200).drop_pp == -1.5 and not paired_drop(2, 5, 200).significant
 
-    def variant(test):
-        return {"accuracy_drop_pp": test["drop_pp"], "drop_test": test, "latency_ms": {"p50": 1.0}}
-
-    assert gate(variant(noise), 1.0, None) == [] and not accuracy_fails(variant(noise), 1.0)
-    failures = gate(variant(real), 1.0, None)
+    # gate(drop, its test, p50 ms, --max-accuracy-drop, --max-latency-ms)
+    assert gate(noise.drop_pp, noise, 1.0, 1.0, None) == [] and not accuracy_fails(noise.drop_pp, noise, 1.0)
+    failures = gate(real.drop_pp, real, 1.0, 1.0, None)
     assert len(failures) == 1 and "15 images lost, 2 gained" in failures[0]
-    assert gate(variant(real), 10.0, None) == []  # significant, but within the limit
-    assert gate(variant(noise), 1.0, 0.5) == ["p50 latency 1.00 ms > --max-latency-ms 0.5 ms"]
+    assert gate(real.drop_pp, real, 1.0, 10.0, None) == []  # significant, but within the limit
+    assert gate(noise.drop_pp, noise, 1.0, 1.0, 0.5) == ["p50 latency 1.00 ms > --max-latency-ms 0.5 ms"]

@@ -14,8 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
-from support import BIRD_MODEL, IMAGENET_MODEL, IMAGES, REPO, log_records, read_log, run_cli, write_video
-from test_swap import BIRD_PARROT, PARROT, replace_atomically, wait_for
+from support import (
+    BIRD_MODEL,
+    BIRD_PARROT,
+    IMAGENET_MODEL,
+    IMAGES,
+    PARROT,
+    REPO,
+    log_records,
+    read_log,
+    replace_atomically,
+    run_cli,
+    wait_for,
+    write_video,
+)
 
 from edge_app.runtime.artifact import read_model_bytes
 from edge_app.runtime.errors import ImageError, ModelError
@@ -311,7 +323,7 @@ def test_train_convert_and_bench_read_images_through_the_bounded_reader(tmp_path
 
 
 def test_the_kiosk_reads_its_frames_bounded(tmp_path):
-    from edge_app.live.review import MAX_IMAGE_BYTES, Refused, _read_image
+    from edge_app.kiosk.review import MAX_IMAGE_BYTES, Refused, _read_image
 
     frame = tmp_path / "f.jpg"
     for make, status, says in [(lambda p: p.symlink_to("/dev/null"), 404, "gone"),

@@ -1,72 +1,7 @@
-"""Fixtures of the fleet tests: a broker per test, subscribers, in-process device links, key pairs."""
-
-from __future__ import annotations
+"""The host side of a fleet, tested against real devices: a real broker per test (fixtures in tests/broker_fixtures.py)."""
 
 import pytest
 
 pytest.importorskip("paho.mqtt", reason="the fleet tests need paho-mqtt: pip install -e '.[fleet,dev]'")
 
-from fleet_support import INFO, Broker, Subscriber, broker_kind  # noqa: E402
-
-
-@pytest.fixture
-def broker(tmp_path_factory):
-    """A fresh broker for one test (retained messages from other tests never leak in)."""
-    b = Broker(tmp_path_factory.mktemp("broker"), broker_kind())
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def secure_broker(tmp_path_factory):
-    """A broker with TLS (``.ca``) and a password (``USER``/``PASSWORD``, in ``.url``)."""
-    b = Broker(tmp_path_factory.mktemp("broker"), broker_kind(), secure=True)
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def subscribe(broker):
-    """``subscribe(*topics)`` → a :class:`Subscriber` on the test's broker, closed at the end."""
-    made = []
-
-    def make(*topics: str, url: str | None = None) -> Subscriber:
-        made.append(Subscriber(url or broker.url, *topics))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
-
-
-@pytest.fixture
-def make_link():
-    """``make_link(url, device_id, **kwargs)`` → an MqttLink in this process, closed at the end of the test."""
-    from edge_app.live.mqtt import MqttLink
-
-    made = []
-
-    def make(*args, **kwargs) -> MqttLink:
-        made.append(MqttLink(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for link in made:
-        link.close()
-
-
-@pytest.fixture
-def info() -> dict:
-    """What ``edgecls run`` hands its sinks at start (the facts a status needs)."""
-    return dict(INFO)
-
-
-@pytest.fixture
-def keys(tmp_path):
-    """Two ed25519 key pairs: ``keys["good"]`` and ``keys["other"]``, each ``(private, public)`` paths."""
-    from edge_app.runtime.signing import generate_keypair
-
-    return {name: generate_keypair(tmp_path / f"{name}.key") for name in ("good", "other")}
-
+from broker_fixtures import broker, info, keys, make_link, secure_broker, subscribe  # noqa: E402, F401

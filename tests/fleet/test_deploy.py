@@ -9,7 +9,7 @@ import json
 import threading
 
 import pytest
-from fleet_support import wait_until
+from broker_support import wait_until
 from support import IMAGENET_MODEL, run_cli
 
 from edge_app.runtime.signing import load_private_key, load_public_key, sign_model
@@ -138,7 +138,7 @@ def test_malformed_and_repeated_commands_get_acks_and_the_link_lives_on(broker, 
 
 def test_malformed_deploys_never_take_a_waiting_deploys_place(keys):
     """Regression: malformed messages used to wait in the two deploy slots and make the next good one 'busy'."""
-    from edge_app.live.mqtt_commands import CommandDesk
+    from edge_app.link.commands import CommandDesk
 
     entered, release, acks = threading.Event(), threading.Event(), []
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fleet_support import free_port
+from broker_support import free_port
 
 
 @pytest.mark.parametrize("action", ["status", "watch", "keygen", "deploy", "bench"])
@@ -30,7 +30,7 @@ def test_without_the_fleet_extra_the_error_says_what_to_install():
     import sys
 
     code = ("import sys; sys.modules['paho'] = sys.modules['paho.mqtt'] = sys.modules['cryptography'] = None\n"
-            "from edge_app.live.mqtt import MqttLink\n"
+            "from edge_app.link.mqtt import MqttLink\n"
             "from edge_app.runtime.errors import FleetError\n"
             "for make in (lambda: MqttLink('mqtt://localhost', 'kiosk-1'),\n"
             "             lambda: __import__('edge_app.runtime.signing', fromlist=['x']).load_public_key('k.pub')):\n"

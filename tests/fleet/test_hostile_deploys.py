@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from fleet_support import wait_until
+from broker_support import wait_until
 from support import IMAGENET_MODEL, REPO, run_cli
 
 from edge_app.runtime.signing import load_private_key, sign_model
@@ -151,7 +151,7 @@ def test_an_oversize_command_is_answered_without_being_held_in_memory(broker, su
     config = tmp_path / "device.json"
     config.write_text(json.dumps({"url": broker.url, "device_id": "pi-3", "folder": str(tmp_path),
                                   "trust": str(keys["good"][1]), "max_payload_bytes": cap}))
-    device = subprocess.Popen([sys.executable, str(REPO / "tests" / "fleet" / "device.py"), str(config)],
+    device = subprocess.Popen([sys.executable, str(REPO / "tests" / "edge_app" / "link" / "device.py"), str(config)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert device.stdout.readline().strip() == "started"
