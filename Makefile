@@ -7,7 +7,7 @@ STAMP := $(VENV)/.edgecls-installed
 
 .PHONY: setup test demo lint clean
 .PHONY: test-pi test-stress
-.PHONY: docs
+.PHONY: docs translations
 
 setup: $(STAMP)
 
@@ -50,6 +50,16 @@ docs: $(DOCS_STAMP)
 
 demo: setup
 	$(VENV)/bin/edgecls demo
+
+# The kiosk page's words: extract them from edge_app/kiosk/page.py into locale/kiosk.pot, merge new ones into each
+# language's kiosk.po (translators edit those), compile the kiosk.mo files the kiosk reads (committed: a device
+# installs no Babel tooling). tests/edge_app/kiosk/test_languages.py fails when a .mo is older than its .po.
+LOCALE := edge_app/kiosk/locale
+translations: setup
+	$(VENV)/bin/pybabel extract -F babel.cfg -o $(LOCALE)/kiosk.pot --no-location --sort-output --project edgecls \
+		--copyright-holder "the edgecls authors" -k _ .
+	$(VENV)/bin/pybabel update -i $(LOCALE)/kiosk.pot -d $(LOCALE) -D kiosk --no-fuzzy-matching
+	$(VENV)/bin/pybabel compile -d $(LOCALE) -D kiosk --statistics
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "beside the lab check; unset: a run trained with --field uses its held-out field photos")
     parser.add_argument("--field-map", action="append", default=None, metavar="FOLDER=CLASS",
                         help="a --field folder whose name is not one of the classes (repeatable)")
+    parser.add_argument("--classes", default=None, metavar="FILE",
+                        help="class cards (YAML: per class and language a name, description and advice) to embed in "
+                             "every variant; unset: the run's (edgecls train --classes, or DATA/classes.yaml)")
     parser.add_argument("--json", action="store_true", help="print conversion.json on stdout")
 
 
@@ -102,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         repair=args.repair, repair_budget=args.repair_budget, num_threads=args.num_threads, runs=args.runs,
         warmup=args.warmup, max_eval_images=args.max_eval_images, seed=args.seed, unknown=args.unknown != "off",
         unknown_accept=args.unknown_accept, unknown_check=args.unknown_check, field=args.field,
-        field_map=tuple(args.field_map or ()),
+        field_map=tuple(args.field_map or ()), classes=args.classes,
     )
     report = run(config)
     if args.json:

@@ -45,6 +45,8 @@ class ConvertConfig:
         unknown_check: photos of none of the classes, to report how many each variant calls ``unknown``.
         field: field photos (class folders, matched by name or ``field_map``) every variant is measured on, beside
             the lab check; unset, a run trained with ``--field`` is measured on its held-out field photos.
+        classes: a class cards file (:mod:`edge_app.runtime.cards`) to embed in every variant instead of the run's
+            cards (``config.json``, from ``edgecls train``).
 
     Example:
         >>> config = ConvertConfig.int8("runs/potato", max_accuracy_drop=0.5)
@@ -78,11 +80,12 @@ class ConvertConfig:
     unknown_check: Path | None = None
     field: Path | None = None
     field_map: tuple[str, ...] = ()
+    classes: Path | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)  # frozen: normalize types once, here
         set_("model", Path(self.model))
-        for name in ("out_dir", "labels", "data", "calibration_data", "unknown_check", "field"):
+        for name in ("out_dir", "labels", "data", "calibration_data", "unknown_check", "field", "classes"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         quants = (self.quants,) if isinstance(self.quants, str) else tuple(self.quants)

@@ -36,6 +36,7 @@ from converter.targets import TARGETS
 from converter.worker import ConverterProcess
 from edge_app.runtime import (
     ImageClassifier,
+    cards,
     default_num_threads,
     embed_metadata,
     load_runtime,
@@ -333,7 +334,7 @@ def _metadata(source: Source, reference: ReferenceModel, probabilities: bool) ->
     def compact(values):
         return values[0] if len(set(values)) == 1 else list(values)
 
-    return {
+    metadata = {
         "format": "edgecls/1",
         "input_size": list(reference.input_size),
         "mean": compact(source.mean),
@@ -344,6 +345,9 @@ def _metadata(source: Source, reference: ReferenceModel, probabilities: bool) ->
         "source_model": source.model_path.name,
         "edgecls_version": __version__,
     }
+    if source.cards:  # every variant and the Edge TPU copy are made from this metadata
+        metadata[cards.KEY] = source.cards
+    return metadata
 
 
 def _machine(threads: int, config: ConvertConfig) -> dict:

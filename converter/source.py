@@ -7,14 +7,14 @@ The run directory is read through :mod:`edge_app.runtime.rundir` (``config.json`
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime import list_images, read_labels
+from edge_app.runtime import cards, list_images, read_labels
 from edge_app.runtime.errors import DataError, LabelsError, ModelError
-from edge_app.runtime.rundir import KERAS_MODEL, LABELS, read_config, split_items
+from edge_app.runtime.rundir import CONFIG, KERAS_MODEL, LABELS, read_config, split_items
 
 log = logging.getLogger("edgecls")
 
@@ -40,6 +40,8 @@ class Source:
     calibration_source: str
     test: Items
     test_source: str
+    #: The class cards every variant carries (``--classes``, else the run's): the metadata value, or ``{}``.
+    cards: dict = field(default_factory=dict)
 
 
 def load_source(config) -> Source:
@@ -63,6 +65,7 @@ def load_source(config) -> Source:
             raise ModelError(f"{path} is not a Keras model{hint}; pass a .keras or .h5 file, a SavedModel "
                              "directory or a run directory")
     labels = _labels(config, run_dir, run_config)
+    class_cards = _cards(config, run_dir, run_config, labels)  # a bad cards file fails now, before minutes of work
     prep = run_config.get("preprocessing", {})
     if config.mean is not None:
         mean, std = config.mean, config.std
@@ -91,7 +94,7 @@ def load_source(config) -> Source:
     if not test:
         raise DataError(f"no images to check on in {test_source}; pass --data DIR with class sub-folders")
     return Source(model_path, run_dir, labels, mean, std, prep.get("channel_order", "RGB"), image_size,
-                  calibration, calibration_source, test, test_source)
+                  calibration, calibration_source, test, test_source, class_cards)
 
 
 def _held_out(run_dir: Path, run_config: dict) -> tuple[Items, str]:
@@ -148,6 +151,20 @@ def _labels(config, run_dir: Path | None, run_config: dict) -> list[str]:
     if beside.is_file():
         return read_labels(beside)
     raise LabelsError(f"no labels for {config.model}; pass --labels FILE (one label per line, index order)")
+
+
+def _cards(config, run_dir: Path | None, run_config: dict, labels: list[str]) -> dict:
+    """``--classes FILE``, else the cards ``edgecls train`` kept in the run's config.json (those of ``labels``)."""
+    if config.classes is not None:
+        found = cards.read_cards(config.classes, labels)
+    elif run_config.get(cards.KEY):
+        found = cards.check_cards(cards.for_labels(run_config[cards.KEY], labels), labels,
+                                  f"{run_dir / CONFIG} ({cards.KEY!r})")
+    else:
+        return {}
+    log.info("class cards for %d of %d classes (%s): embedded in every variant", len(found), len(labels),
+             ", ".join(cards.languages(found)) or "none")
+    return found
 
 
 def _triple(value) -> tuple[float, ...]:

@@ -123,6 +123,7 @@ EDGE_COMMANDS = {
     "run": Command("edge_app.live.app", "live classification from a camera, video, stream or folder"),
     "learn": Command("edge_app.learn.cli", "teach a .tflite classifier new classes from photos, on the device"),
     "eval": Command("edge_app.evaluate", "accuracy on a labelled folder of lab or field photos, on this machine"),
+    "meta": Command("edge_app.meta", "show what a .tflite model carries (metadata, class cards); set its class cards"),
 }
 
 COMMANDS = {

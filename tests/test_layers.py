@@ -27,6 +27,7 @@ ALLOWED = {
     "edge_app.live": {"edge_app.runtime", "edge_app.frames", "edge_app.kiosk", "edge_app.link"},
     "edge_app.classify": {"edge_app.runtime"},
     "edge_app.evaluate": {"edge_app.runtime"},
+    "edge_app.meta": {"edge_app.runtime"},
     # the trainer's imagenet-tflite weights are ported from the base model `learn` ships
     "trainer": {"edge_app.runtime", "edge_app.learn"},
     "converter": {"edge_app.runtime"},

@@ -33,7 +33,8 @@ examples:
 
 DATA is a folder of class sub-folders (DATA/<class>/*.jpg), or holds train/ (and optionally
 val/, test/) folders of class sub-folders. Missing splits are carved out per class with --seed
-and recorded in RUN/config.json. RUN gets model.keras, labels.txt, config.json, metrics.json,
+and recorded in RUN/config.json. DATA/classes.yaml (or --classes FILE), when there is one, gives
+each class a card per language (name, description, advice), see docs/cards.md. RUN gets model.keras, labels.txt, config.json, metrics.json,
 history.csv, curves.png, confusion.png, misclassified.png and gradcam/.
 """
 
@@ -155,6 +156,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=42, metavar="N", help="seed for the split, initialization and shuffling"
     )
     data.add_argument("--gradcam-images", type=int, default=6, metavar="N", help="Grad-CAM overlays to write")
+    data.add_argument("--classes", default=None, metavar="FILE",
+                      help="class cards (YAML: per class and language a name, description and advice), checked "
+                           "against the classes before training, kept in RUN/config.json and embedded in every "
+                           "converted model; unset: DATA/classes.yaml when there is one")
     field = parser.add_argument_group("field photos (what a kiosk sees: leaves on the plant, not on a plain table)")
     field.add_argument("--field", default=None, metavar="FIELD",
                        help="folder of class folders of field photos, named like DATA's classes (case, '_' and "
@@ -200,6 +205,7 @@ def main(args: argparse.Namespace) -> int:
         field=args.field,
         field_map=tuple(args.field_map or ()),
         field_weight=args.field_weight,
+        classes=args.classes,
     )
     run_dir = run(config)
     metrics = json.loads((run_dir / METRICS).read_text())

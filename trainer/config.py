@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_app.runtime import cards
 from edge_app.runtime.errors import TrainError
 from edge_app.runtime.files import check_writable
 from edge_app.runtime.rundir import check_replaceable
+
+log = logging.getLogger("edgecls")
 
 WEIGHT_SUFFIXES = (".h5", ".keras", ".tflite")
 
@@ -54,6 +58,8 @@ class TrainConfig:
     field: Path | None = None
     field_map: tuple[str, ...] = ()
     field_weight: float = 0.3
+    #: The class cards file (:mod:`edge_app.runtime.cards`); ``None`` takes ``DATA/classes.yaml`` when there is one.
+    classes: Path | None = None
 
     def __post_init__(self):
         from trainer.backbones import get_backbone
@@ -140,6 +146,11 @@ class TrainConfig:
             object.__setattr__(self, "learning_rate", 1e-3)
         if not self.data_dir.is_dir():
             raise TrainError(f"{self.data_dir}: no such dataset folder; give a folder of class sub-folders")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", Path(self.classes).expanduser().resolve())
+        elif cards.default_file(self.data_dir) is not None:
+            object.__setattr__(self, "classes", cards.default_file(self.data_dir))
+            log.info("class cards: %s (found in DATA; --classes FILE gives another)", self.classes)
         if self.out.exists() and not self.overwrite:
             raise TrainError(f"{self.out} already exists; choose another --out or add --overwrite")
         # --overwrite replaces only a run directory edgecls wrote, never the data or the user's files.

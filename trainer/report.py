@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime import rundir
+from edge_app.runtime import cards, rundir
 from edge_app.runtime.files import atomic_path, write_json, write_text
 
 log = logging.getLogger("edgecls")
@@ -67,14 +67,18 @@ def chance_check(targets: np.ndarray, probs: np.ndarray, labels: list[str]) -> d
     }
 
 
-def write_run(run_dir: Path, config, dataset, metrics_: dict, model, test_probs: np.ndarray, field=None) -> None:
-    """Write everything but ``model.keras`` and ``history.csv`` into ``run_dir``."""
+def write_run(run_dir: Path, config, dataset, metrics_: dict, model, test_probs: np.ndarray, field=None,
+              class_cards: dict | None = None) -> None:
+    """Write everything but ``model.keras`` and ``history.csv`` into ``run_dir``; ``class_cards`` (checked against
+    the labels) go into ``config.json``, whence ``edgecls convert`` embeds them in every model."""
     from trainer import gradcam
 
     write_text(run_dir / rundir.LABELS, "".join(f"{label}\n" for label in dataset.labels))
     record = config_record(config, dataset, model)
     if field is not None:
         record["field"] = field.record(dataset.labels)
+    if class_cards:
+        record[cards.KEY] = class_cards
     write_json(run_dir / rundir.CONFIG, record)
     write_json(run_dir / rundir.METRICS, metrics_)
     history = read_history(run_dir / rundir.HISTORY)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime import rundir
+from edge_app.runtime import cards, rundir
 from trainer.callbacks import TrainingCallbacks
 from trainer.config import TrainConfig, TrainError
 from trainer.datasets import Dataset, batched, cache_spec, decoded_dataset, log_summary, make_augmenter, scan
@@ -49,6 +49,7 @@ def run(config: TrainConfig) -> Path:
     """
     dataset = scan(config.data_dir, config.val_split, config.test_split, config.seed)
     log_summary(dataset)
+    class_cards = _read_cards(config, dataset.labels)  # a bad cards file fails now, not after an hour of training
     work = config.out.parent / f".{config.out.name}.partial"
     if work.exists():
         shutil.rmtree(work)  # left by a run that was killed hard; ours, by its name
@@ -56,7 +57,7 @@ def run(config: TrainConfig) -> Path:
     interrupted: BaseException | None = None
     try:
         with disk_errors(config.out):
-            interrupted = _train_and_report(config, dataset, work)
+            interrupted = _train_and_report(config, dataset, work, class_cards)
             publish(work, config.out, config.overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -78,7 +79,18 @@ class Pipelines:
     class_weight: dict[int, float] | None
 
 
-def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> BaseException | None:
+def _read_cards(config: TrainConfig, labels: list[str]) -> dict:
+    """The class cards of ``--classes`` (or ``DATA/classes.yaml``), checked against the classes; ``{}`` without."""
+    if config.classes is None:
+        return {}
+    found = cards.read_cards(config.classes, labels)
+    log.info("class cards for %d of %d classes (%s) from %s: kept in %s, embedded in every converted model",
+             len(found), len(labels), ", ".join(cards.languages(found)) or "none", config.classes, rundir.CONFIG)
+    return found
+
+
+def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path,
+                      class_cards: dict | None = None) -> BaseException | None:
     """Build, fit (keeping the best epoch), evaluate and write the run into ``work``; returns an interrupt, if any."""
     from trainer.backbones import build_classifier
 
@@ -111,7 +123,7 @@ def _train_and_report(config: TrainConfig, dataset: Dataset, work: Path) -> Base
     from trainer import report
 
     _save_inference_model(model, work / rundir.KERAS_MODEL)
-    report.write_run(work, config, dataset, metrics, model, test_probs, field)
+    report.write_run(work, config, dataset, metrics, model, test_probs, field, class_cards)
     shutil.rmtree(scratch, ignore_errors=True)
     return interrupted
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from edge_app.frames.sinks import Result, Sink
 from edge_app.frames.sources import Frame
+from edge_app.kiosk.similar import signature
 from edge_app.runtime.errors import EdgeclsError
 from edge_app.runtime.files import check_writable, write_bytes, write_json
 
@@ -159,7 +160,7 @@ class FrameCollector(Sink):
             sidecar["file"] = result.file
         try:
             # A copy: sources may reuse their buffers; the writer thread encodes it later.
-            self._queue.put_nowait((frame.image.copy(), frame.order, sidecar, capture))
+            self._queue.put_nowait((frame.image.copy(), frame.order, sidecar, capture, result.embedding))
             return True
         except queue.Full:
             return False
@@ -170,9 +171,9 @@ class FrameCollector(Sink):
             item = self._queue.get()
             if item is None:
                 return
-            image, order, sidecar, capture = item
+            image, order, sidecar, capture, embedding = item
             try:
-                self._write(image, order, sidecar, capture)
+                self._write(image, order, sidecar, capture, embedding)
             except Exception as e:  # a failing card pauses collection; classification goes on
                 reason = getattr(e, "strerror", None) or str(e)
                 if capture is not None:
@@ -180,7 +181,7 @@ class FrameCollector(Sink):
                     capture.done.set()
                 self._pause(DISK, f"cannot write in {self.config.folder}: {reason}")
 
-    def _write(self, image, order: str, sidecar: dict, capture: _Capture | None) -> None:
+    def _write(self, image, order: str, sidecar: dict, capture: _Capture | None, embedding=None) -> None:
         import cv2
 
         free_mb = shutil.disk_usage(self.config.folder).free / 1e6
@@ -200,6 +201,8 @@ class FrameCollector(Sink):
             folder = self.inbox
             name = f"{stamp}-f{sidecar['frame']}"
         data = jpeg.tobytes()
+        # What Review groups near-identical frames by, and "looks like these" finds examples by.
+        sidecar["signature"] = signature(image, embedding, sidecar.get("model_sha256") or "")
         write_bytes(folder / f"{name}.jpg", data)
         write_json(folder / f"{name}.json", {"id": name, **sidecar})
         if capture is not None:

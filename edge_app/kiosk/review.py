@@ -17,6 +17,7 @@ import unicodedata
 from pathlib import Path
 
 from edge_app.kiosk.collect import INBOX, LABELLED, FrameCollector
+from edge_app.kiosk.similar import groups, nearest, vectors
 from edge_app.runtime.errors import EdgeclsError
 from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded, write_json
 from edge_app.runtime.labelled import loose_key
@@ -28,6 +29,10 @@ MAX_CLASS_NAME = 64
 MAX_CLASS_BYTES = 200
 # A kiosk frame is a JPEG of at most a few MB; anything bigger in its folders was not put there by edgecls.
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
+MAX_SIDECAR_BYTES = 64 * 1024  # a frame's JSON with its signature is about 6 kB
+REVIEW_LIMIT = 120  # frames listed for review: two camera minutes of one leaf, grouped
+MAX_BULK = 200  # frames one request labels, discards or sends back
+MAX_EXAMPLES_READ = 500  # a class's newest labelled frames searched for "looks like these"
 _FRAME_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
 
@@ -77,16 +82,23 @@ class FrameReview:
         self.inbox = self.folder / INBOX
         self.labelled = self.folder / LABELLED
         self._move = threading.Lock()
+        self._signatures: dict[Path, tuple[int, tuple]] = {}  # a labelled sidecar's mtime and its vectors
 
     # --- review ---------------------------------------------------------------------------------------------------
-    def items(self, limit: int = 60) -> list[dict]:
-        """Collected frames waiting for a label, newest first (their sidecars)."""
+    def items(self, limit: int = REVIEW_LIMIT) -> list[dict]:
+        """Collected frames waiting for a label, newest first (their sidecars), each with the ``group`` of
+        near-identical frames it belongs to (see :mod:`edge_app.kiosk.similar`)."""
         out = []
         for sidecar in sorted(self.inbox.glob("*.json"), reverse=True)[:limit]:
             try:
-                out.append(json.loads(sidecar.read_text()))
-            except (OSError, ValueError):
+                item = json.loads(read_bounded(sidecar, MAX_SIDECAR_BYTES))
+            except (OSError, ValueError, NotRegularFile, FileTooLarge):
                 continue  # being moved by another request, or damaged by a power cut: not listed
+            if isinstance(item, dict):
+                out.append(item)
+        signatures = [item.pop("signature", None) for item in out]
+        for item, group in zip(out, groups(signatures), strict=True):
+            item["group"] = group
         return out
 
     def image(self, frame_id: str) -> bytes:
@@ -160,6 +172,82 @@ class FrameReview:
             jpg.unlink(missing_ok=True)
         self.collector.reviewed()
         return {"id": frame_id, "discarded": True}
+
+    # --- many at once: a group of near-identical frames is one decision -----------------------------------------
+    def label_many(self, frame_ids: object, label: object) -> dict:
+        """Label every frame of ``frame_ids`` as ``label``; frames gone meanwhile are listed as ``missing``."""
+        ids = self._check_ids(frame_ids)
+        done, missing = [], []
+        with self._move:
+            label = self.check_spelling(label)
+            target = self.labelled / label
+            for frame_id in ids:
+                jpg, sidecar = self._inbox_path(frame_id, ".jpg"), self._inbox_path(frame_id, ".json")
+                if not jpg.is_file():
+                    missing.append(frame_id)
+                    continue
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(jpg, target / jpg.name)
+                if sidecar.is_file():
+                    os.replace(sidecar, target / sidecar.name)
+                done.append(frame_id)
+        if not done:
+            raise Refused("none of these frames waits for review any more (labelled or discarded already?)", 404)
+        self.collector.reviewed(len(done))
+        return {"ids": done, "label": label, "missing": missing}
+
+    def discard_many(self, frame_ids: object) -> dict:
+        return self._each(frame_ids, self.discard)
+
+    def unlabel_many(self, frame_ids: object) -> dict:
+        """Send labelled frames back to Review: the undo of :meth:`label_many`."""
+        return self._each(frame_ids, self.unlabel)
+
+    def _each(self, frame_ids: object, action) -> dict:
+        done, missing = [], []
+        for frame_id in self._check_ids(frame_ids):
+            try:
+                action(frame_id)
+                done.append(frame_id)
+            except Refused as e:
+                if e.status != 404:
+                    raise
+                missing.append(frame_id)
+        if not done:
+            raise Refused("none of these frames is there any more", 404)
+        return {"ids": done, "missing": missing}
+
+    def _check_ids(self, frame_ids: object) -> list[str]:
+        if not isinstance(frame_ids, list) or not frame_ids:
+            raise Refused("ids: a list of frame ids", 400)
+        if len(frame_ids) > MAX_BULK:
+            raise Refused(f"at most {MAX_BULK} frames at once", 400)
+        return list(dict.fromkeys(self._check_id(frame_id) for frame_id in frame_ids))
+
+    # --- looks like these -----------------------------------------------------------------------------------------
+    def examples(self, target: tuple, label: str, k: int = 3) -> list[dict]:
+        """The labelled frames of ``label`` nearest a frame's :func:`~edge_app.kiosk.similar.vectors_of`, best first."""
+        folder = self.labelled / label
+        if not label or label.startswith((".", "_")) or "/" in label or not folder.is_dir():
+            return []
+        candidates = []
+        with os.scandir(folder) as entries:
+            names = sorted((e.name for e in entries if e.name.endswith(".json")), reverse=True)[:MAX_EXAMPLES_READ]
+        for name in names:
+            path = folder / name
+            try:
+                stamp = path.stat().st_mtime_ns
+                cached = self._signatures.get(path)
+                if cached is None or cached[0] != stamp:
+                    sidecar = json.loads(read_bounded(path, MAX_SIDECAR_BYTES))
+                    cached = (stamp, vectors(sidecar.get("signature") if isinstance(sidecar, dict) else None))
+                    self._signatures[path] = cached
+            except (OSError, ValueError, NotRegularFile, FileTooLarge):
+                continue
+            candidates.append((name[:-len(".json")], cached[1]))
+        if len(self._signatures) > 4 * MAX_EXAMPLES_READ:  # frames moved away leave entries behind
+            self._signatures.clear()
+        return [{"label": label, "id": frame_id} for frame_id in nearest(target, candidates, k)]
 
     # --- labelled frames: look again, move, send back ----------------------------------------------------------------
     def labelled_items(self, limit: int = 60) -> dict:

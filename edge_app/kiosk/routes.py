@@ -27,6 +27,7 @@ import logging
 from aiohttp import web
 
 from edge_app.kiosk.field import TEACH_MAX_SECONDS
+from edge_app.kiosk.i18n import choose
 from edge_app.kiosk.limits import (
     ACTIONS,
     BODY_GRACE_S,
@@ -38,7 +39,7 @@ from edge_app.kiosk.limits import (
     TOKEN_HEADER,
     WRITE_TIMEOUT_S,
 )
-from edge_app.kiosk.page import PAGE
+from edge_app.kiosk.page import render, static_file
 from edge_app.kiosk.review import Refused
 from edge_app.runtime.errors import first_line
 
@@ -50,8 +51,8 @@ def make_app(view) -> web.Application:
     at 64 kB."""
     routes = Routes(view)
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_answer_errors(view), routes.checks])
-    table = {"/": routes.page, "/index.html": routes.page, "/status": routes.status, "/frame.jpg": routes.frame,
-             "/stream.mjpg": routes.stream, "/metrics": routes.metrics,
+    table = {"/": routes.page, "/index.html": routes.page, "/static/{name}": routes.static, "/status": routes.status,
+             "/frame.jpg": routes.frame, "/stream.mjpg": routes.stream, "/metrics": routes.metrics,
              # the field loop's reads (--learn)
              "/api/collected": routes.collected, "/api/collected/{id}.jpg": routes.collected_image,
              "/api/labelled": routes.labelled, "/api/labelled/{label}/{id}.jpg": routes.labelled_image,
@@ -97,8 +98,8 @@ def _json(code: int, obj: dict, headers: dict | None = None) -> web.Response:
 
 
 def _send(code: int, kind: str, body: bytes, headers: dict | None = None) -> web.Response:
-    return web.Response(status=code, body=body, headers={**(headers or {}), "Content-Type": kind,
-                                                         "Cache-Control": "no-store"})
+    return web.Response(status=code, body=body, headers={"Cache-Control": "no-store", **(headers or {}),
+                                                         "Content-Type": kind})
 
 
 class Routes:
@@ -149,10 +150,18 @@ class Routes:
 
     # --- reads ----------------------------------------------------------------------------------------------------
     async def page(self, request: web.Request) -> web.Response:
-        return _send(200, "text/html; charset=utf-8", PAGE)
+        lang = choose(request.query.get("lang"), self.view.lang, request.headers.get("Accept-Language"))
+        return _send(200, "text/html; charset=utf-8", render(lang), {"Content-Language": lang, "Vary": "Accept-Language"})
+
+    async def static(self, request: web.Request) -> web.Response:
+        found = static_file(request.match_info["name"])
+        if found is None:
+            return _send(404, "text/plain", b"not found\n")
+        return _send(200, found[1], found[0], {"Cache-Control": "max-age=3600"})  # the same until an upgrade
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(200, await self.view.run(self.view.status))
+        lang = choose(request.query.get("lang"), self.view.lang, request.headers.get("Accept-Language"))
+        return _json(200, await self.view.run(self.view.status, lang))
 
     async def frame(self, request: web.Request) -> web.Response:
         got = await self.view.jpeg()
@@ -260,15 +269,15 @@ class Routes:
 
     def _act(self, action: str, body: dict) -> dict:
         """On the pool: the field loop moves files and waits for frames."""
-        field = self.view.field
+        field, many = self.view.field, "ids" in body  # {"ids": [...]}: a group or a selection at once
         if action == "label":
-            return field.label(body.get("id"), body.get("label"))
+            return field.label_many(body["ids"], body.get("label")) if many else field.label(body.get("id"), body.get("label"))
         if action == "discard":
-            return field.discard(body.get("id"))
+            return field.discard_many(body["ids"]) if many else field.discard(body.get("id"))
         if action == "relabel":
             return field.relabel(body.get("id"), body.get("label"))
         if action == "unlabel":
-            return field.unlabel(body.get("id"))
+            return field.unlabel_many(body["ids"]) if many else field.unlabel(body.get("id"))
         if action == "teach":
             return field.teach(body.get("label"), body.get("frames", 20), body.get("seconds", 4.0))
         if action == "apply":

@@ -43,6 +43,8 @@ from edge_app.runtime.errors import EdgeclsError
 
 log = logging.getLogger("edgecls")
 
+SURE_AT = 0.8  # a verdict's (smoothed) score from which the farmer's page says "sure"
+
 class WebView(Sink):
     """The kiosk web server, as a sink of the live loop.
 
@@ -54,6 +56,7 @@ class WebView(Sink):
         token: the kiosk token for actions and field-loop reads (``None``: no ``--learn``).
         public_view: field-loop reads need no token (``--public-view``).
         keepalive_s: :data:`KEEPALIVE_S`; tests shorten it.
+        lang: the page's language unless a request asks for another (``--lang``; ``None``: the browser's).
 
     Example:
         >>> web = WebView("127.0.0.1", 8080)
@@ -62,14 +65,17 @@ class WebView(Sink):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, max_fps: float = 10.0, history: int = 20,
                  allow_remote: bool = False, token: str | None = None, public_view: bool = False,
-                 keepalive_s: float = KEEPALIVE_S):
+                 keepalive_s: float = KEEPALIVE_S, lang: str | None = None):
         self.max_fps = max_fps
+        self.lang = lang
         self.allow_remote = allow_remote
         self.token = token
         self.public_view = public_view
         self.keepalive_s = keepalive_s
         self.field = None  # the run's FieldLearning with --learn: the page's review/teach/apply/undo
         self.metrics = None  # the run's Metrics sink: GET /metrics
+        self.model = None  # () -> the running classifier: its class cards
+        self._examples: tuple[int, list] = (-1, [])  # the result version they were found for, and them
         self._lock = threading.Lock()  # the newest frame and result, written by the live loop
         self._frame: Frame | None = None
         self._result: Result | None = None
@@ -169,22 +175,44 @@ class WebView(Sink):
                 self._info = {**self._info, "model": fields.get("model"), "model_sha256": fields.get("new_sha256"),
                               "num_classes": fields.get("num_classes"), "delegate": fields.get("delegate")}
 
-    def status(self) -> dict:
-        """What ``/status`` returns: the current result, recent label changes, run and device facts (blocks:
-        reads the device's temperature now and then)."""
+    def status(self, lang: str = "en") -> dict:
+        """What ``/status`` returns: the current result with its class card in ``lang`` and whether the kiosk is
+        sure, the labelled frames it looks like (``--learn``), recent label changes, run and device facts (blocks:
+        reads the device's temperature now and then, and labelled frames' signatures)."""
         now = time.time()
         if now - self._facts[0] > 10:  # temperature and throttling change; vcgencmd is not free
             self._facts = (now, device_facts())
         with self._lock:
-            r = self._result
-            current = {"label": None, "score": None, "frame": None, "fps": 0.0} if r is None else {
-                "label": r.label, "score": round(r.score, 4), "uncertain": r.uncertain, "unknown": r.unknown,
-                "novelty": None if r.novelty is None else round(r.novelty, 4),
-                "top_k": [{"label": lb, "score": round(s, 4)} for lb, s in r.top_k], "frame": r.frame,
-                "t": round(r.t, 3), "latency_ms": round(r.latency_ms, 2), "fps": round(r.fps, 1)}
-            return {**current, "history": list(self._history), "uptime_s": round(now - self._started, 1),
-                    "viewers": self.viewers, "run": self._info, "device": self._facts[1],
-                    "learn": self.field is not None}
+            r, frame, version = self._result, self._frame, self._version
+            history = list(self._history)
+        current = {"label": None, "score": None, "frame": None, "fps": 0.0} if r is None else {
+            "label": r.label, "score": round(r.score, 4), "uncertain": r.uncertain, "unknown": r.unknown,
+            "sure": not (r.uncertain or r.unknown) and r.score >= SURE_AT,
+            "novelty": None if r.novelty is None else round(r.novelty, 4),
+            "top_k": [{"label": lb, "score": round(s, 4)} for lb, s in r.top_k], "frame": r.frame,
+            "t": round(r.t, 3), "latency_ms": round(r.latency_ms, 2), "fps": round(r.fps, 1),
+            "card": self._card(r.label, lang), "examples": self._examples_for(r, frame, version)}
+        return {**current, "history": history, "uptime_s": round(now - self._started, 1),
+                "viewers": self.viewers, "run": self._info, "device": self._facts[1],
+                "learn": self.field is not None}
+
+    def _card(self, label: str, lang: str) -> dict | None:
+        from edge_app.runtime.cards import KEY, card
+
+        clf = self.model() if self.model is not None else None
+        return card(clf.artifact.metadata.get(KEY) if clf is not None else None, label, lang)
+
+    def _examples_for(self, result: Result, frame: Frame | None, version: int) -> list[dict]:
+        """The labelled frames of the verdict's class nearest this frame (found once per frame, however many ask)."""
+        if self.field is None or frame is None or result.unknown or result.uncertain:
+            return []
+        if self._examples[0] != version:
+            from edge_app.kiosk.similar import vectors_of
+
+            sha = self._info.get("model_sha256") or ""
+            target = vectors_of(frame.image, result.embedding, sha)
+            self._examples = (version, self.field.examples(target, result.label))
+        return self._examples[1]
 
     # --- frames, on the loop --------------------------------------------------------------------------------------
     def _new_frame(self) -> None:

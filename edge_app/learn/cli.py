@@ -29,6 +29,9 @@ head and stop its fitting; test/ is checked too when given. The report goes besi
 unknown: the model also says "unknown" for what is none of its classes: it carries up to 64
 photos' embeddings per class and a threshold that accepts --unknown-accept of the held-out photos.
 
+class cards: DATA/classes.yaml (or --classes FILE) gives classes a display name, description and
+advice per language (see docs/cards.md); a --base's cards stay with the classes it keeps.
+
 heads: imprint = normalised class means (good from 1-5 photos per class); softmax = logistic
 regression fitted in numpy (better from ~10 per class); auto = softmax when every class has 5 or more.
 """
@@ -69,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-field", action="store_true",
                         help="DATA itself holds field photos (the kiosk's labelled frames): weighed as field photos "
                              "against what a learned --base remembers of its lab photos")
+    parser.add_argument("--classes", default=None, metavar="FILE",
+                        help="class cards (YAML: per class and language a name, description and advice); the base's "
+                             "cards are kept for its classes, the file's win; unset: DATA/classes.yaml when there is one")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists (even the --base itself)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -85,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite,
         unknown_accept=args.unknown_accept, unknown_check=Path(args.unknown_check) if args.unknown_check else None,
         field=Path(args.field) if args.field else None, field_map=tuple(args.field_map or ()), field_weight=args.field_weight,
-        as_field=args.as_field))
+        as_field=args.as_field, classes=Path(args.classes) if args.classes else None))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

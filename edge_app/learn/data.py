@@ -1,4 +1,5 @@
-"""The photos ``learn`` reads: the base's labels, how DATA's classes join them, and the train/val/test parts."""
+"""The photos ``learn`` reads: the base's labels (and class cards), how DATA's classes join them, and the
+train/val/test parts."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_app.runtime import cards
 from edge_app.runtime.dataset import scan
-from edge_app.runtime.errors import DataError, LabelsError
+from edge_app.runtime.errors import CardsError, DataError, LabelsError
 from edge_app.runtime.labels import check_label, label_key, match_labels, read_labels
 
 log = logging.getLogger("edgecls")
@@ -27,6 +29,29 @@ def base_labels(artifact, path: Path, labels_file: Path | None, num_classes: int
         return match_labels(read_labels(beside), num_classes, str(beside))
     raise LabelsError(f"--keep-classes needs the labels of {path}: it carries none and there is no labels.txt "
                       "beside it; pass --labels FILE")
+
+
+def class_cards(base_metadata: dict, base_path: Path, labels: list[str], classes: Path | None) -> dict:
+    """The new model's class cards: the base's for every class of ``labels`` it has one for (the classes it keeps),
+    the file ``classes``'s over them, card by card (class and language).
+
+    Raises:
+        CardsError: a bad ``classes`` file (a base's bad cards are dropped with a warning: a model from elsewhere).
+    """
+    kept = cards.for_labels(base_metadata.get(cards.KEY), labels)
+    try:
+        kept = cards.check_cards(kept, labels, f"--base {base_path}")
+    except CardsError as e:
+        log.warning("the class cards of the base are not kept: %s", e)
+        kept = {}
+    given = cards.read_cards(classes, labels) if classes is not None else {}
+    merged = cards.for_labels(cards.merge(kept, given), labels)  # in the model's class order
+    if merged:
+        log.info("class cards for %d of %d classes (%s)%s", len(merged), len(labels),
+                 ", ".join(cards.languages(merged)),
+                 "".join([f"; {len(kept)} kept from {base_path.name}"] * bool(kept)
+                         + [f"; {len(given)} from {classes}"] * bool(given)))
+    return merged
 
 
 def merge_labels(old: list[str], new: list[str], data: Path) -> list[str]:

@@ -28,7 +28,7 @@ from edge_app.learn import heads
 from edge_app.learn import unknown as unknown_set
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
-from edge_app.runtime import graph, novelty, rewrite
+from edge_app.runtime import cards, graph, novelty, rewrite
 from edge_app.runtime.artifact import (
     MAX_MEMBER_BYTES,
     embed_metadata,
@@ -79,6 +79,9 @@ class LearnConfig:
             are kept first in the reference set, and their held-out part sets the ``unknown`` threshold too.
         as_field: DATA's own photos are field photos (the kiosk's labelled frames), weighed as ``field`` photos
             against what a learned base remembers of its (lab) photos.
+        classes: a class cards file (:mod:`edge_app.runtime.cards`) for the classes; ``None`` takes
+            ``DATA/classes.yaml`` when there is one. The base's cards are kept for every class of the new model
+            that has one there; the file's win, card by card (class and language).
 
     Example:
         >>> report = learn(LearnConfig(data=Path("leaves"), out=Path("leaves.tflite")))
@@ -106,10 +109,11 @@ class LearnConfig:
     field_map: tuple[str, ...] = ()
     field_weight: float = 0.5
     as_field: bool = False
+    classes: Path | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
-        for name in ("data", "out", "base", "labels", "compare", "unknown_check", "field"):
+        for name in ("data", "out", "base", "labels", "compare", "unknown_check", "field", "classes"):
             if getattr(self, name) is not None:
                 set_(name, Path(getattr(self, name)))
         if self.head not in heads.HEADS:
@@ -136,6 +140,9 @@ class LearnConfig:
             raise ConfigError("--as-field says DATA holds field photos; give them as DATA or as --field, not both")
         if not self.data.is_dir():
             raise DataError(f"{self.data} is not a folder; give a folder of class sub-folders (DATA/<class>/*.jpg)")
+        if self.classes is None and cards.default_file(self.data) is not None:
+            set_("classes", cards.default_file(self.data))
+            log.info("class cards: %s (found in DATA; --classes FILE gives another)", self.classes)
         if self.out.is_dir():
             raise OutputError(f"--out {self.out} is a folder; give the .tflite file to write, e.g. {self.out / 'learned.tflite'}")
         if self.out.exists() and not self.overwrite:
@@ -173,6 +180,8 @@ def learn(config: LearnConfig) -> dict:
     dataset = scan(root, val_split=0.0, test_split=0.0, seed=config.seed, min_classes=1 if old_labels else 2,
                    verify=False)
     labels = photos.merge_labels(old_labels, dataset.labels, root)
+    # the base's cards for the classes it keeps, the file's over them; a bad file fails here, before embedding
+    class_cards = photos.class_cards(artifact.metadata, base_path, labels, config.classes)
     # --keep-classes with photos of the base's own classes only: nothing to add to its head, but what it needs
     # to say "unknown" (any TFLite classifier gains the embedding output and a reference set this way).
     reference_only = old_head is not None and len(labels) == len(old_labels)
@@ -229,6 +238,9 @@ def learn(config: LearnConfig) -> dict:
     metadata = _metadata(artifact.metadata, base_path, base, embedding, head, labels, old_labels, config, reference_only)
     if members:
         metadata[novelty.KEY] = unknown.pop("spec")
+    metadata.pop(cards.KEY, None)  # the base's own (reference_only), replaced by the merged ones
+    if class_cards:
+        metadata[cards.KEY] = class_cards
     if reference_only:  # the base's graph as it is, plus its embedding as a second output
         data = rewrite.with_output(model, embedding)
     else:

@@ -146,7 +146,8 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
         host, port = parse_web_address(config.web, config.allow_remote)
         token = _kiosk_token(config) if config.learn else None
         web = WebView(host, port, max_fps=config.web_fps, allow_remote=config.allow_remote, token=token,
-                      public_view=config.public_view)
+                      public_view=config.public_view, lang=config.lang)
+        web.model = lambda: swapper.clf  # its class cards, after every swap
         sinks.append(web)
         if config.learn and config.allow_remote:
             log.warning("--allow-remote with --learn: any machine that can reach %s may try the kiosk's actions; "
@@ -296,6 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--headless", action="store_true", help="no window (what happens without --display; for services)")
     out.add_argument("--display", action="store_true", help="a window with label, score and FPS (needs a desktop)")
     parser.add_argument("--web", metavar="HOST:PORT", help="kiosk page, MJPEG view and /status JSON, e.g. 127.0.0.1:8080")
+    parser.add_argument("--lang", metavar="CODE", help="the kiosk page's language: en, es, fr, hi or sw (default: "
+                        "the browser's); a switch on the page changes it for one viewer")
     parser.add_argument("--allow-remote", action="store_true", help="let --web listen on a non-local address "
                         "(any host name is then answered: with --learn, only the kiosk token protects its actions)")
     parser.add_argument("--web-fps", type=float, default=10.0, metavar="FPS", help="frames per second sent to web viewers, at most")

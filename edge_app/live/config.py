@@ -59,6 +59,7 @@ class AppConfig:
     mqtt_ca: str | None = None
     trust: str | None = None
     ha_discovery: str | None = None  # Home Assistant's discovery prefix; None: no discovery
+    lang: str | None = None  # the kiosk page's language; None: the browser's
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AppConfig:
@@ -122,6 +123,12 @@ class AppConfig:
             from edge_app.kiosk.address import parse_web_address
 
             parse_web_address(self.web, self.allow_remote)
+        if self.lang is not None:
+            if not self.web:
+                raise EdgeclsError("--lang is the --web kiosk page's language; add --web HOST:PORT")
+            from edge_app.kiosk.i18n import check_language
+
+            object.__setattr__(self, "lang", check_language(self.lang))
         if self.mqtt:
             from edge_app.runtime.broker import check_device_id, parse_broker_url
 

@@ -136,7 +136,7 @@ def classify_frames(config: AppConfig, clf, feed, sinks: list, device: dict, sto
                             top_k=[(c.label, c.score) for c in top[:config.top_k]],
                             latency_ms=(now - frame.t) * 1000, fps=meter.tick(), file=frame.file,
                             ranked=[(c.label, c.score) for c in top] if ranked > config.top_k else None,
-                            novelty=novelty, invoke_ms=(t3 - t2) * 1000)
+                            novelty=novelty, invoke_ms=(t3 - t2) * 1000, embedding=clf.embedding())
             for sink in sinks:
                 sink.update(frame, result)
             frames += 1

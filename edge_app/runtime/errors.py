@@ -24,6 +24,10 @@ class LabelsError(EdgeclsError):
     """A label file that cannot be read or does not match the model."""
 
 
+class CardsError(LabelsError):
+    """A class cards file (``--classes``) that cannot be read or does not fit the model's classes."""
+
+
 class ImageError(EdgeclsError):
     """An image that is missing, empty, corrupt, too large or in a format we cannot decode."""
 

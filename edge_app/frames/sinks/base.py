@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
 
+import numpy as np
+
 from edge_app.frames.sources import Frame
 from edge_app.runtime.labels import UNCERTAIN, UNKNOWN  # noqa: F401  (their home: no class may take these names)
 
@@ -39,6 +41,8 @@ class Result:
             with a reference set; above its threshold the label is ``unknown``.
         invoke_ms: the interpreter's own time for this frame (``latency_ms`` also counts capture, decode and
             pre-processing): ``/metrics``' inference histogram and the MQTT result's ``invoke_ms``.
+        embedding: the model's embedding of the frame (float32), for a model with an embedding output: what the
+            kiosk groups kept frames and finds look-alike examples by.
     """
 
     frame: int
@@ -53,6 +57,7 @@ class Result:
     ranked: list[tuple[str, float]] | None = None
     novelty: float | None = None
     invoke_ms: float | None = None
+    embedding: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def uncertain(self) -> bool:

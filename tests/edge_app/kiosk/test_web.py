@@ -72,7 +72,13 @@ def test_status_page_and_mjpeg_stream(live_app):
     assert "cpu_model" in status["device"]
 
     code, kind, page = get(live_app + "/")
-    assert code == 200 and kind.startswith("text/html") and b"/stream.mjpg" in page and b"/status" in page
+    assert code == 200 and kind.startswith("text/html") and b"/stream.mjpg" in page and b"/static/kiosk.js" in page
+    code, kind, script = get(live_app + "/static/kiosk.js")  # the page's script, from the kiosk itself
+    assert code == 200 and kind.startswith("text/javascript") and b"/status" in script
+    for outside in ("/static/../page.py", "/static/%2E%2E/page.py", "/static/OFL.txt"):  # a fixed list, no paths
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            get(live_app + outside)
+        assert missing.value.code == 404
 
     code, kind, jpeg = get(live_app + "/frame.jpg")
     assert code == 200 and kind == "image/jpeg"
