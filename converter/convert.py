@@ -152,7 +152,7 @@ def field_photos(source: Source, config: ConvertConfig) -> tuple[dict | None, di
     test photos. Its field train and val photos (never the measured ones) go into the ``unknown`` reference set
     and calibration.
     """
-    from edge_app.runtime.labelled import labelled_folder, parse_map
+    from edge_app.runtime.labelled import labelled_folder, parse_map, photo_devices
 
     recorded = (read_config(source.run_dir).get("field") or {}) if source.run_dir is not None else {}
     splits = recorded.get("splits") or {}
@@ -160,9 +160,13 @@ def field_photos(source: Source, config: ConvertConfig) -> tuple[dict | None, di
     if config.field is not None:
         items, _ = labelled_folder(config.field, source.labels, parse_map(config.field_map, "--field-map"),
                                    flag="--field", map_flag="--field-map")
-        return {"source": str(config.field), "items": items}, parts
+        return {"source": str(config.field), "items": items,
+                "devices": photo_devices(config.field, [p for p, _ in items])}, parts
     if parts["test"]:
-        return {"source": f"the run's held-out field photos ({recorded.get('folder')})", "items": parts["test"]}, parts
+        folder = recorded.get("folder")
+        devices = photo_devices(folder, [p for p, _ in parts["test"]]) if folder and Path(folder).is_dir() else {}
+        return {"source": f"the run's held-out field photos ({recorded.get('folder')})", "items": parts["test"],
+                "devices": devices}, parts
     return None, parts
 
 
@@ -178,6 +182,8 @@ def _attach_field(variants: list[Variant], field: dict, threads: int) -> None:
                                                    "confusion_matrix", "unknown_rate", "known_accepted",
                                                    "accuracy_accepted") if k in result}
         variant.field |= {"ece": result["calibration"]["ece"], "skipped": len(skipped), "source": field["source"]}
+        if field.get("devices"):  # the folder came from `edgecls fleet pull`: how many photos from each device
+            variant.field["devices"] = field["devices"]
         gap = 100 * (variant.accuracy - result["accuracy"])
         log.info("%s: field top-1 %.1f%% on %d photos (lab %.1f%%)%s", variant.quant, 100 * result["accuracy"],
                  result["num_images"], 100 * variant.accuracy, "" if "unknown_rate" not in result else
@@ -322,7 +328,8 @@ def _report(source: Source, reference: ReferenceModel, base_metadata: dict, chec
     }
     field = next((v.field for v in variants if v.field), None)
     if field is not None:
-        report["field"] = {"source": field["source"], "num_images": field["num_images"]}
+        report["field"] = {"source": field["source"], "num_images": field["num_images"],
+                           **({"devices": field["devices"]} if field.get("devices") else {})}
     report["checked_on"] = [check_site(platform.machine(), platform.python_version(), written)]
     report["passed"] = all(v.passed for v in variants) and (edgetpu or {}).get("status") != "failed"
     return report

@@ -161,7 +161,10 @@ def _field(report: dict) -> list[str]:
         return []
     lines = ["", "## Lab and field", "",
              f"Field photos: {field['num_images']} from {field['source']}, through the same runtime. Lab figures are "
-             "the check above (photos like the training ones); field figures are photos like a kiosk's.", "",
+             "the check above (photos like the training ones); field figures are photos like a kiosk's."
+             + (" From the fleet (`edgecls fleet pull`): " + ", ".join(f"{n} from {d}" for d, n in
+                                                                        field["devices"].items()) + "."
+                if field.get("devices") else ""), "",
              "| variant | lab accuracy | field top-1 | field balanced | field unknown | field accuracy among accepted "
              "| field ECE |", "|---|---|---|---|---|---|---|"]
     for v in report["variants"]:

@@ -1,4 +1,4 @@
-"""``edgecls fleet status|watch|keygen|deploy|bench``: the host side of a fleet of devices over an MQTT broker.
+"""``edgecls fleet status|watch|keygen|deploy|bench|pull``: the host side of a fleet of devices over an MQTT broker.
 
 Devices run ``edgecls run MODEL --mqtt URL --device-id ID --trust KEY.pub``; this command reads
 their retained status, signs models with the private key (which never leaves this machine) and
@@ -27,6 +27,7 @@ EPILOG = """examples:
   edgecls fleet watch --broker mqtts://ops:PASSWORD@broker.lan --ca ca.crt
   edgecls fleet deploy runs/potato/model_int8.tflite --to 'kiosk-*' --key fleet.key --broker mqtt://broker.lan
   edgecls fleet bench model_int8.tflite --to 'pi4-*,pi5-*' --key fleet.key --broker mqtt://broker.lan --md boards.md
+  edgecls fleet pull --to 'kiosk-*' --key fleet.key --out field/pulled --broker mqtt://broker.lan
 
 Devices join with: edgecls run MODEL --mqtt mqtt://broker.lan --device-id kiosk-03 --trust fleet.key.pub
 A password can stay out of the command line: --broker mqtt://ops@broker.lan with EDGECLS_MQTT_PASSWORD set.
@@ -53,6 +54,16 @@ ACTIONS = {
 
 Each device verifies the signature against its --trust key, swaps the model in with the same checks
 as a local swap (rolled back when they fail) and acks. Exit 0 when every target accepted.
+
+In stages (the matched devices in sorted id order; counts or percentages, cumulative):
+  edgecls fleet deploy leaf_v4.tflite --to 'kiosk-*' --key fleet.key --broker mqtt://broker.lan \\
+      --stages 1,10%,100% --soak 10m --gate unknown_rise=0.1 --gate fps_drop=0.3
+  edgecls fleet deploy leaf_v4.tflite --to 'kiosk-*' --key fleet.key --stages 1,10%,100% --dry-run   # the plan only
+
+Each stage deploys to its devices, watches their status for --soak against their figures before, and
+goes on when every one is healthy. A failing stage's devices are rolled back (a signed rollback to
+the model each kept) and the rollout stops: exit 1. Ctrl-C, then the same command again, resumes
+from the first stage that has not passed (the state file: --state). The gates are under --gate.
 """),
     "bench": ("benchmark a model on devices; one comparison table across boards", """examples:
   edgecls fleet bench model_int8.tflite --to 'pi*' --key fleet.key --broker mqtt://broker.lan
@@ -61,6 +72,17 @@ as a local swap (rolled back when they fail) and acks. Exit 0 when every target 
 
 The device runs 'edgecls bench' on the model in a fresh process while it keeps classifying, so its
 figures include that load (the report's device line says the load average).
+"""),
+    "pull": ("bring devices' labelled field photos home: OUT/<class>/*.jpg + OUT/manifest.jsonl", """examples:
+  edgecls fleet pull --to 'kiosk-*' --key fleet.key --out field/pulled --broker mqtt://broker.lan
+  edgecls fleet pull --to kiosk-03 --key fleet.key --out field/pulled --max-photos 100 --json
+  edgecls train lab/ --field field/pulled --out runs/leaf_v5      # config.json says how many from each device
+
+Devices (edgecls run --collect DIR --mqtt ... --trust fleet.key.pub) verify the signed request and send
+the photos in DIR/labelled/ that this OUT does not have yet, oldest first; OUT/.pull-state.json keeps
+where each device stopped, so an interrupted pull continues and a second one sends only what is new.
+A photo two devices sent is written once (a duplicate); one labelled two ways is kept out (a conflict).
+Exit 0 when every target answered, 1 when one did not or refused.
 """),
 }
 
@@ -97,6 +119,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--timeout", type=float, default=120.0 if name == "deploy" else 900.0, metavar="S",
                          help="seconds to wait for every device's answer")
     made["deploy"].add_argument("--json", action="store_true", help="print the acks as a JSON list")
+    _add_rollout_arguments(made["deploy"])
+    pull = made["pull"]
+    pull.add_argument("--to", required=True, metavar="ID|GLOB[,...]", help="devices, e.g. kiosk-03 or 'kiosk-*'")
+    pull.add_argument("--key", required=True, metavar="KEY", help="ed25519 private key (edgecls fleet keygen)")
+    pull.add_argument("--out", required=True, metavar="DIR", help="the folder of class folders the photos go to")
+    pull.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                      help="a device silent this long is listed as not answering (the next pull continues)")
+    pull.add_argument("--max-photos", type=int, default=500, metavar="N", help="at most N photos from each device")
+    pull.add_argument("--max-mb", type=float, default=200.0, metavar="MB", help="at most MB of photos from each device")
+    pull.add_argument("--json", action="store_true", help="print each device's counts, duplicates and conflicts as JSON")
     bench = made["bench"]
     bench.add_argument("--runs", type=int, default=50, help="timed invokes on each device (at most 1000)")
     bench.add_argument("--threads", metavar="N[,N...]", help="interpreter thread counts, e.g. 1,4 (default: the device's)")
@@ -106,7 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"status": status, "watch": watch, "keygen": keygen, "deploy": deploy, "bench": bench}[args.fleet_action](args)
+    return {"status": status, "watch": watch, "keygen": keygen, "deploy": deploy, "bench": bench,
+            "pull": pull}[args.fleet_action](args)
 
 
 def _connect(args):
@@ -229,9 +262,38 @@ def _targets(args, fleet, statuses, ours: str) -> tuple[list[str], dict[str, str
     return [d for d in matched if d not in skipped], skipped
 
 
+def _add_rollout_arguments(deploy: argparse.ArgumentParser) -> None:
+    from fleet.stages import GATES
+
+    staged = deploy.add_argument_group("in stages (docs/fleet.md, 'Rolling out in stages')")
+    staged.add_argument("--stages", metavar="N|P%[,...]",
+                        help="roll out in stages: device counts or percentages of the matched devices, cumulative, "
+                        "e.g. 1,10%%,100%%")
+    staged.add_argument("--soak", metavar="TIME", help="how long each stage's devices are watched: 30s, 10m, 1h or "
+                        "seconds (default: 10m)")
+    staged.add_argument("--gate", action="append", metavar="NAME=VALUE",
+                        help="a health check of each stage's devices over the soak, repeatable; NAME=off turns one "
+                        "off. The defaults: " + " ".join(f"{name}={gate.default}" for name, gate in GATES.items()) +
+                        " (unknown_rise, uncertain_rise: percentage points as a share, 0.2 = 20 points; fps_drop: "
+                        "0.5 = may fall to half; errors: source_lost and model_rejected events; offline: fail|ignore)")
+    staged.add_argument("--dry-run", action="store_true", help="print the plan (stages, devices, soak, gates); send nothing")
+    staged.add_argument("--state", metavar="FILE", help="where the rollout's progress is kept, to resume it "
+                        "(default: .edgecls-rollout-<sha256[:12]>.json here)")
+    staged.add_argument("--previous", metavar="MODEL", help="roll back the devices that ran this file by sending it "
+                        "(default: each device swaps back to the model it kept)")
+
+
 def deploy(args) -> int:
     from fleet.report import ack_table
 
+    if args.stages is not None:
+        from fleet.rollout import rollout
+
+        return rollout(args, _signed_model, _connect, _targets)
+    for flag in ("soak", "gate", "dry_run", "state", "previous"):
+        if getattr(args, flag):
+            raise FleetError(f"--{flag.replace('_', '-')} belongs to a rollout in stages; add --stages, e.g. "
+                             "--stages 1,10%,100%")
     ours, signed, fields = _signed_model(args)
     with _connect(args) as fleet:
         statuses = fleet.statuses(args.wait)
@@ -285,3 +347,34 @@ def bench(args) -> int:
                           f"{', '.join(f['device_id'] for f in report['failed'])}")
     return 0
 
+
+def pull(args) -> int:
+    from edge_app.runtime.signing import key_id, load_private_key
+    from fleet.client import parse_targets
+    from fleet.pull import PulledFolder, pull_photos, pull_rows
+    from fleet.report import pull_table
+
+    parse_targets(args.to)
+    for flag, value in (("--max-photos", args.max_photos), ("--max-mb", args.max_mb), ("--timeout", args.timeout)):
+        if not value > 0:
+            raise FleetError(f"{flag} must be more than 0, got {value}")
+    key = load_private_key(args.key)
+    out = PulledFolder(args.out)  # writable? before the broker is asked
+    with _connect(args) as fleet, out:
+        statuses = fleet.statuses(args.wait)
+        targets, skipped = _targets(args, fleet, statuses, key_id(key))
+        runs, duplicates, conflicts = pull_photos(fleet, out, key, targets, statuses, args.max_photos,
+                                                  int(args.max_mb * 1e6), args.timeout)
+    rows = pull_rows(runs, skipped)
+    if args.json:
+        print(json.dumps({"out": str(out.root), "devices": rows, "duplicates": duplicates, "conflicts": conflicts},
+                         indent=2))
+    else:
+        print(pull_table(rows, duplicates, conflicts))
+    new = sum(r["new"] for r in rows)
+    log.info("wrote %d new photo(s) to %s (where each came from: %s)", new, out.root, out.root / "manifest.jsonl")
+    failed = [r["device_id"] for r in rows if r["result"] != "done"]
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(rows)} device(s) did not send their photos: {', '.join(failed)}; "
+                          "pull again: each continues where it stopped")
+    return 0

@@ -142,3 +142,62 @@ def write_bench_reports(report: dict, json_path=None, md_path=None, plot_path=No
     if plot_path and report["results"]:
         written.append(bench_plot(report, plot_path))
     return written
+
+
+def _before_after(before: dict | None, after: dict | None, key: str) -> str:
+    from fleet.stages import percent
+
+    was, now = (before or {}).get(key), (after or {}).get(key)
+    if key == "fps":
+        return f"{was if was is not None else '-'} -> {now if now is not None else '-'}"
+    return f"{percent(was)} -> {percent(now)}"
+
+
+def plan_table(state: dict, gates: str, soak_s: float, path) -> str:
+    """A staged rollout's plan (``--dry-run``): the devices of each stage, the soak, the gates, the state file."""
+    rows = [[str(s["stage"]), s["spec"], s["state"], ", ".join(s["devices"]) or "(no new device)"]
+            for s in state["plan"]]
+    lines = [f"rollout of {state['model']} ({state['model_sha256'][:12]}) to {state['to']!r}, devices in sorted id order:",
+             text_table(["stage", "share", "state", "devices"], rows),
+             f"each stage: deploy, soak {soak_s:g} s, then the gates: {gates}"]
+    lines += [f"not in the plan: {d} ({why})" for d, why in sorted(state["skipped"].items())]
+    lines.append(f"state file: {path}")
+    return "\n".join(lines)
+
+
+def stage_table(stage: dict, stages: int) -> str:
+    """One stage of a rollout: per device the deploy's ack, before -> after per gate, the outcome (and rollback)."""
+    header = ["device", "deploy", "unknown", "uncertain", "fps", "errors", "outcome"]
+    rows = []
+    for device in stage["devices"]:
+        ack, after = stage["acks"].get(device, {}), stage["after"].get(device)
+        problems = stage["problems"].get(device)
+        outcome = ("FAILED: " + "; ".join(problems) if problems else "offline (ignored)" if (after or {}).get("offline")
+                   else "healthy" if after else "skipped (offline)" if ack.get("result") == "not sent" else "-")
+        row = [device, ack.get("result", "-"), _before_after(stage["before"].get(device), after, "unknown"),
+               _before_after(stage["before"].get(device), after, "uncertain"),
+               _before_after(stage["before"].get(device), after, "fps"),
+               str((after or {}).get("errors", "-") if (after or {}).get("errors") is not None else "-"), outcome]
+        if stage["rollback"]:
+            back = stage["rollback"].get(device)
+            row.append("-" if back is None else back["result"] + (f" ({back['reason']})" if back.get("reason") and
+                                                                  back["result"] != "accepted" else ""))
+        rows.append(row)
+    if stage["rollback"]:
+        header.append("rollback")
+    title = f"stage {stage['stage']} of {stages} ({stage['spec']}): {stage['state']}"
+    return title + ("\n" + text_table(header, rows) if rows else " (no new device)")
+
+
+def pull_table(rows: list[dict], duplicates: list[dict], conflicts: list[dict]) -> str:
+    """``fleet pull``: one row per target (photos, MB, new, duplicates, conflicts, refused, result), then what
+    two devices both sent and what they labelled two ways."""
+    table = text_table(["device", "result", "photos", "MB", "new", "dup", "conflicts", "refused", "reason"],
+                       [[r["device_id"], r["result"], str(r["photos"]), f"{r['bytes'] / 1e6:.1f}", str(r["new"]),
+                         str(r["duplicates"]), str(r["conflicts"]), str(r["refused"]), r["reason"]] for r in rows])
+    lines = [table]
+    lines += [f"# duplicate {d['sha256'][:16]}: {d['label']} from {', '.join(d['devices'])} (written once, "
+              f"{d['path']})" for d in duplicates]
+    lines += [f"# conflict {c['sha256'][:16]}: " + ", ".join(f"{s['device']} says {s['label']}" for s in c["sent"])
+              + " (kept out of every class)" for c in conflicts]
+    return "\n".join(lines)

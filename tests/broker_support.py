@@ -76,9 +76,15 @@ class Broker:
 
     ``secure``: a TLS listener with a certificate from a throw-away CA (``self.ca``) and one user
     (``USER``/``PASSWORD``), no anonymous access: the setting the README recommends.
+    Mosquitto only: ``persistent`` keeps retained messages and persistent sessions in ``folder`` across a
+    :meth:`stop` (SIGTERM) and :meth:`start`; ``config`` lines are appended to its configuration (a bridge's
+    ``connection`` block, queue limits).
     """
 
-    def __init__(self, folder: Path, kind: str, secure: bool = False):
+    def __init__(self, folder: Path, kind: str, secure: bool = False, *, persistent: bool = False,
+                 config: tuple[str, ...] | list[str] = ()):
+        if (persistent or config) and kind != "mosquitto":
+            missing(f"a persistent or bridged broker needs mosquitto, not {kind} (apt-get install mosquitto)")
         self.folder, self.kind, self.port, self.secure = folder, kind, free_port(), secure
         self.proc: subprocess.Popen | None = None
         self.log = folder / f"{kind}.log"
@@ -86,7 +92,8 @@ class Broker:
         if secure:
             self.ca, cert, key = make_certificates(folder)
         if kind == "mosquitto":
-            lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
+            store = ["persistence true", f"persistence_location {folder}/"] if persistent else ["persistence false"]
+            lines = [f"listener {self.port} 127.0.0.1", *store, "log_dest stderr",
                      "log_type error", "log_type warning", "log_type notice"]
             if os.geteuid() == 0:
                 lines.append("user root")  # else it drops to 'mosquitto', who cannot read pytest's 0700 folders
@@ -98,6 +105,7 @@ class Broker:
                           f"keyfile {key}"]
             else:
                 lines.append("allow_anonymous true")
+            lines += config  # after the listener: a bridge's connection block ends the file
             self.config = folder / "mosquitto.conf"
             self.config.write_text("\n".join(lines) + "\n")
             self.argv = ["mosquitto", "-c", str(self.config)]

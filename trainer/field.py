@@ -12,12 +12,12 @@ validation photos the best epoch is chosen on, and the test part is reported on 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime.labelled import Item, labelled_folder, parse_map, stratified_split
+from edge_app.runtime.labelled import Item, labelled_folder, parse_map, photo_devices, stratified_split
 from trainer.config import TrainError
 
 log = logging.getLogger("edgecls")
@@ -34,6 +34,7 @@ class FieldPhotos:
     parts: dict[str, list[Item]]
     repeat: int
     weight: float
+    devices: dict[str, int] = field(default_factory=dict)  # photos per device, for a folder `fleet pull` wrote
 
     def paths(self, part: str, repeated: bool = False) -> list[str]:
         return [str(p) for p, _ in self.parts[part]] * (self.repeat if repeated else 1)
@@ -45,7 +46,8 @@ class FieldPhotos:
         """What config.json keeps of it: enough to say which photos trained the model and which judged it."""
         return {"folder": str(self.folder), "weight": self.weight, "repeat": self.repeat,
                 "folders": {f: labels[i] for f, i in self.folders.items()},
-                "splits": {part: [[str(p), int(i)] for p, i in items] for part, items in self.parts.items()}}
+                "splits": {part: [[str(p), int(i)] for p, i in items] for part, items in self.parts.items()},
+                **({"devices": self.devices} if self.devices else {})}
 
 
 def read_field(folder: Path, mapping: tuple[str, ...], weight: float, labels: list[str], lab_train: int,
@@ -64,7 +66,10 @@ def read_field(folder: Path, mapping: tuple[str, ...], weight: float, labels: li
     log.info("field photos %s: %d (train %d, val %d, test %d); each training photo repeated %d× so field photos "
              "are %.0f%% of an epoch", folder, len(items), n, len(parts["val"]), len(parts["test"]), repeat,
              100 * n * repeat / max(1, n * repeat + lab_train))
-    return FieldPhotos(Path(folder), folders, parts, repeat, weight)
+    devices = photo_devices(folder, [p for p, _ in items])  # {} unless `edgecls fleet pull` wrote the folder
+    if devices:
+        log.info("field photos from %d device(s): %s", len(devices), ", ".join(f"{d} {n}" for d, n in devices.items()))
+    return FieldPhotos(Path(folder), folders, parts, repeat, weight, devices)
 
 
 def field_augmenter(seed: int):

@@ -1,7 +1,8 @@
 """What a device does with a command from the broker: parse it, fetch and verify the model, run a benchmark.
 
 A command is data, never code: JSON with a request id, the model (base64, or an http(s) URL to
-download it from), its sha256 and an ed25519 signature. Every problem becomes a :class:`FleetError`
+download it from, or ``"previous": true`` for a rollback to the model the device kept), its sha256 and
+an ed25519 signature. Every problem becomes a :class:`FleetError`
 whose message is the ``reason`` of a rejected ack; nothing here raises anything else on bad input.
 These run on the MQTT link's worker threads, never on paho's network thread.
 """
@@ -56,6 +57,7 @@ class Command:
     signature: str
     model_b64: str | None = None
     url: str | None = None
+    previous: bool = False  # a rollback: the model this device kept when its last deploy replaced it
     name: str = "model.tflite"
     runs: int = DEFAULT_RUNS
     threads: tuple[int, ...] | None = None
@@ -63,7 +65,7 @@ class Command:
     @property
     def origin(self) -> str:
         """Where the model came from, for the installer's log and the swap event."""
-        return f"mqtt {self.cmd} {self.id} ({self.url or self.name})"
+        return f"mqtt {self.cmd} {self.id} ({'rollback to the kept model' if self.previous else self.url or self.name})"
 
 
 def leading_id(payload: bytes) -> str | None:
@@ -90,9 +92,12 @@ def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
         if not isinstance(message.get(key), str):
             raise FleetError(f"the message has no '{key}' string; sign it with: edgecls fleet "
                              f"{'deploy' if cmd == 'model' else cmd} MODEL --to DEVICE --key KEY")
-    model, url = message.get("model"), message.get("url")
-    if (model is None) == (url is None):
-        raise FleetError("the message needs exactly one of 'model' (base64 bytes) or 'url' (http or https)")
+    model, url, previous = message.get("model"), message.get("url"), message.get("previous", False)
+    if previous is not False and (previous is not True or cmd != "model"):
+        raise FleetError("'previous' may only be true, in a deploy (a rollback to the model this device kept)")
+    if (model is not None) + (url is not None) + previous != 1:
+        raise FleetError("the message needs exactly one of 'model' (base64 bytes) or 'url' (http or https), or "
+                         "'previous': true (a rollback)")
     if model is not None and not isinstance(model, str):
         raise FleetError("'model' must be a base64 string")
     if url is not None:
@@ -114,7 +119,7 @@ def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
                                  f"got {str(threads)[:60]}")
             threads = tuple(dict.fromkeys(threads))
     return Command(id=request, cmd=cmd, sha256=message["sha256"], signature=message["signature"], model_b64=model,
-                   url=url, name=name, runs=runs, threads=threads)
+                   url=url, previous=previous, name=name, runs=runs, threads=threads)
 
 
 def _http_only_opener() -> urllib.request.OpenerDirector:
@@ -154,12 +159,14 @@ def download(url: str, max_bytes: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> bytes:
+def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float,
+                kept: Callable[[], bytes | None] | None = None) -> bytes:
     """The command's model bytes, checked: signed by ``trust`` (checked first), with the signed sha256, a TFLite model.
 
     The signature covers the claimed sha256, so it is verified before anything the message names is
     touched: an unsigned or wrongly signed message makes the device request no URL, decode nothing and
-    hash nothing.
+    hash nothing. A rollback (``previous``) takes the bytes ``kept()`` returns: the model this device's last
+    accepted install replaced, installed only when they have the signed sha256.
 
     Raises:
         FleetError: no trusted key on this device, undecodable or oversize bytes, a failed download, or
@@ -168,7 +175,9 @@ def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> by
     if trust is None:
         raise FleetError("remote deploys are refused: this device runs without --trust KEY.pub")
     verify_signature(trust, command.sha256, command.signature)
-    if command.model_b64 is not None:
+    if command.previous:
+        data = _kept_model(kept, command.sha256)
+    elif command.model_b64 is not None:
         if len(command.model_b64) > (max_bytes * 4) // 3 + 4:
             raise FleetError(f"the model is over this device's cap of {max_bytes / 1e6:.0f} MB")
         try:
@@ -181,6 +190,24 @@ def fetch_model(command: Command, trust, max_bytes: int, timeout_s: float) -> by
     # Checked after the signature: a signed file that is not a model is still not installed.
     if not is_tflite(data):
         raise FleetError("the signed file is not a TFLite model (no 'TFL3' identifier)")
+    return data
+
+
+def _kept_model(kept: Callable[[], bytes | None] | None, sha256: str) -> bytes:
+    """The kept previous model, when it is the one whose (verified) sha256 the rollback names."""
+    from edge_app.runtime.errors import EdgeclsError
+    from edge_app.runtime.signing import sha256_hex
+
+    try:
+        data = kept() if kept is not None else None
+    except EdgeclsError as e:
+        raise FleetError(f"cannot roll back: {e}") from None
+    if data is None:
+        raise FleetError("cannot roll back: this device keeps no previous model (it keeps the one its last accepted "
+                         "deploy replaced); deploy that model's file instead")
+    if sha256_hex(data) != sha256:
+        raise FleetError(f"cannot roll back to {sha256[:12]}: the model this device kept is {sha256_hex(data)[:12]} "
+                         "(it was swapped again since); deploy that model's file instead")
     return data
 
 
@@ -239,9 +266,12 @@ class CommandDesk:
     """
 
     def __init__(self, device_id: str, send_ack: Callable[[dict], None], trust, installer: Installer | None,
-                 max_payload_bytes: int, download_timeout_s: float = 60.0, bench_timeout_s: float = 900.0):
+                 max_payload_bytes: int, download_timeout_s: float = 60.0, bench_timeout_s: float = 900.0,
+                 kept_model: Callable[[], bytes | None] | None = None, pull=None):
         self.device_id, self.send_ack = device_id, send_ack
+        self.pull = pull  # a link.pull.FieldPull: answers 'cmd/pull' (fleet pull), on a thread of its own
         self.trust, self.installer = trust, installer
+        self.kept_model = kept_model  # the model the last install replaced, for a signed rollback
         self.max_payload_bytes, self.download_timeout_s = max_payload_bytes, download_timeout_s
         self._deploys: queue.Queue[Command | None] = queue.Queue(maxsize=2)
         self._answered: collections.OrderedDict[str, dict] = collections.OrderedDict()
@@ -258,6 +288,8 @@ class CommandDesk:
     def close(self) -> None:
         self._closed = True
         self._bench.kill()
+        if self.pull is not None:
+            self.pull.close()
         try:
             self._deploys.put_nowait(None)
         except queue.Full:
@@ -290,8 +322,10 @@ class CommandDesk:
                 command = self._parse("model", payload)
                 if command is not None:
                     self._deploys.put_nowait(command)
+            elif cmd == "pull" and self.pull is not None:
+                self.pull.submit(payload, self._ack)
             else:
-                raise FleetError(f"unknown command {cmd!r}; this device takes 'model' and 'bench'")
+                raise FleetError(f"unknown command {cmd!r}; this device takes 'model', 'bench' and 'pull'")
         except queue.Full:
             self._ack(leading_id(payload), cmd, False, "busy: two deploys are already waiting; try again")
         except FleetError as e:
@@ -346,7 +380,8 @@ class CommandDesk:
             self.send_ack(earlier)
             return
         try:
-            data = fetch_model(command, self.trust, self.max_payload_bytes, self.download_timeout_s)
+            data = fetch_model(command, self.trust, self.max_payload_bytes, self.download_timeout_s,
+                               kept=self.kept_model)
             if self.installer is None:
                 raise FleetError("this device cannot install models (no installer)")
         except FleetError as e:

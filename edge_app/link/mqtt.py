@@ -15,11 +15,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_app.frames.sinks.base import Result, Sink
 from edge_app.frames.sources import Frame
 from edge_app.link.commands import CommandDesk, Installer
+from edge_app.link.pull import FieldPull
 from edge_app.runtime.broker import (
     MAX_PAYLOAD_BYTES,
     BrokerUrl,
@@ -53,6 +55,10 @@ class MqttLink(Sink):
         bench_timeout_s: a remote benchmark running longer is stopped.
         ha_discovery: a :class:`~edge_app.link.ha_discovery.HaDiscovery` (or its prefix, e.g. ``"homeassistant"``):
             the device also appears in Home Assistant; ``None`` (the default) publishes nothing for it.
+        kept_model: ``kept_model()`` -> the bytes of the model the last install replaced, or ``None``: what a
+            signed rollback (``"previous": true``) installs.
+        field_folder: the ``--collect`` folder whose ``labelled/`` photos a signed ``fleet pull`` may ask for;
+            ``None`` answers every pull ``accepted: false``.
 
     Example:
         >>> link = MqttLink("mqtts://kiosk3:pw@broker.lan", "kiosk-03", ca_file="ca.crt",
@@ -65,7 +71,8 @@ class MqttLink(Sink):
                  result_heartbeat_s: float = 30.0, *, result_min_interval_s: float = 0.5,
                  max_payload_bytes: int = MAX_PAYLOAD_BYTES, event_buffer: int = 1000,
                  reconnect_delay_s: tuple[float, float] = (1.0, 30.0), download_timeout_s: float = 60.0,
-                 bench_timeout_s: float = 900.0, keepalive_s: int = 30, ha_discovery=None):
+                 bench_timeout_s: float = 900.0, keepalive_s: int = 30, ha_discovery=None,
+                 kept_model: Callable[[], bytes | None] | None = None, field_folder: str | os.PathLike | None = None):
         self.broker = url if isinstance(url, BrokerUrl) else parse_broker_url(url)
         self.device_id = check_device_id(device_id)
         if isinstance(trust, (str, os.PathLike)):
@@ -92,6 +99,9 @@ class MqttLink(Sink):
         self._latest: Result | None = None
         self._frames = 0
         self._unknown = 0  # frames called "unknown" (none of the model's classes)
+        self._uncertain = 0  # frames below --threshold
+        self._errors = 0  # source_lost and model_rejected events: what a staged rollout's errors gate counts
+        self._last_swap: dict | None = None  # the latest swap's outcome, swapped or rejected
         self._reopens = 0
         self._change_pending = False
         self._published_label: str | None = None
@@ -101,8 +111,10 @@ class MqttLink(Sink):
         self._info: dict = {}
         self._model: dict = {}
         self._started = time.monotonic()
+        self.field_pull = FieldPull(self.device_id, field_folder, trust, lambda kind, payload: self._client.publish(
+            topic(self.device_id, kind), payload, qos=1))
         self._desk = CommandDesk(device_id, self._send_ack, trust, installer, max_payload_bytes,
-                                 download_timeout_s, bench_timeout_s)
+                                 download_timeout_s, bench_timeout_s, kept_model=kept_model, pull=self.field_pull)
         self._threads: list[threading.Thread] = []
         self._outage_logged = False
         if isinstance(ha_discovery, str):
@@ -142,6 +154,7 @@ class MqttLink(Sink):
         self._latest = result
         self._frames += 1
         self._unknown += result.unknown
+        self._uncertain += result.uncertain
         if not self._change_pending and result.label != self._published_label:
             self._change_pending = True
             self._wake.set()
@@ -152,6 +165,13 @@ class MqttLink(Sink):
             if len(self._events) == self._events.maxlen:
                 self._stats["events_dropped"] += 1
             self._events.append(record)
+            if name in ("source_lost", "model_rejected"):
+                self._errors += 1
+            if name in ("model_swapped", "model_rejected"):
+                self._last_swap = {"outcome": "swapped" if name == "model_swapped" else "rejected",
+                                   "sha256": fields.get("new_sha256" if name == "model_swapped" else "sha256"),
+                                   "t": record["t"]}
+                self._status_due = True
             if name == "source_reopened":
                 self._reopens += 1
             if name == "model_swapped":
@@ -213,7 +233,9 @@ class MqttLink(Sink):
         fresh = latest is not None and time.time() - latest.t < max(5.0, 2 * self.status_every_s)
         status = {"device_id": self.device_id, "online": online, "version": self._version(),
                   **self._model, "fps": round(latest.fps, 1) if fresh else 0.0, "frames": self._frames,
-                  "unknown_frames": self._unknown,
+                  "unknown_frames": self._unknown, "uncertain_frames": self._uncertain, "errors": self._errors,
+                  "last_swap": self._last_swap,
+                  "swap_failed": self._last_swap is not None and self._last_swap["outcome"] == "rejected",
                   "uptime_s": round(time.monotonic() - self._started, 1), "reopens": self._reopens,
                   "temperature_c": cpu_temperature_c(), "throttled": throttled(), "t": round(time.time(), 3),
                   "hostname": self._info.get("hostname"), "source": self._info.get("source"),
@@ -335,7 +357,8 @@ class MqttLink(Sink):
             return
         self._connected, self._outage_logged, self._status_due = True, False, True
         self._stats["connects"] += 1
-        client.subscribe([(topic(self.device_id, "cmd/model"), 1), (topic(self.device_id, "cmd/bench"), 1)])
+        client.subscribe([(topic(self.device_id, "cmd/model"), 1), (topic(self.device_id, "cmd/bench"), 1),
+                          (topic(self.device_id, "cmd/pull"), 1)])
         if self._ha is not None:
             self._ha.connected(client)
         log.info("mqtt: connected to %s", self.broker)

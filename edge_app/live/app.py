@@ -167,7 +167,8 @@ def _make_sinks(config: AppConfig, clf, sinks: list, swapper, emit) -> None:
 
             ha = HaDiscovery(config.ha_discovery, image=bool(config.collect))
         sinks.append(MqttLink(config.mqtt, config.fleet_id, ca_file=config.mqtt_ca, trust=config.trust,
-                              installer=install, ha_discovery=ha))
+                              installer=install, ha_discovery=ha, kept_model=swapper.kept_model,
+                              status_every_s=config.status_every, field_folder=config.collect))
     if config.collect:
         from edge_app.kiosk.collect import FrameCollector
 
@@ -347,6 +348,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "mqtt[s]://[user[:pass]@]host[:port] (a password may come from EDGECLS_MQTT_PASSWORD)")
     fleet.add_argument("--device-id", metavar="ID", help="this device's name in the fleet (default: the host name)")
     fleet.add_argument("--mqtt-ca", metavar="FILE", help="the CA certificate of an mqtts:// broker")
+    fleet.add_argument("--status-every", type=float, default=5.0, metavar="SECONDS",
+                       help="how often the retained status (what edgecls fleet status and a staged rollout read) is sent")
     fleet.add_argument("--trust", metavar="KEY.pub", help="the ed25519 public key deploys must be signed with "
                        "(edgecls fleet keygen); without it, remote deploys are refused")
     from edge_app.link.ha_discovery import DEFAULT_PREFIX

@@ -58,6 +58,7 @@ class AppConfig:
     device_id: str | None = None
     mqtt_ca: str | None = None
     trust: str | None = None
+    status_every: float = 5.0  # seconds between MQTT status messages
     ha_discovery: str | None = None  # Home Assistant's discovery prefix; None: no discovery
     lang: str | None = None  # the kiosk page's language; None: the browser's
 
@@ -109,6 +110,8 @@ class AppConfig:
                             "add --web HOST:PORT, or drop --public-view")
         if self.token_file and not self.learn:
             problems.append("--token-file is the kiosk's token for --learn; add --learn")
+        if not 0.1 <= self.status_every <= 3600:
+            problems.append(f"--status-every must be from 0.1 to 3600 seconds, got {self.status_every}")
         if (self.device_id or self.mqtt_ca or self.trust) and not self.mqtt:
             problems.append("--device-id, --mqtt-ca and --trust belong to --mqtt URL (the fleet's broker); add it")
         if self.ha_discovery is not None and not self.mqtt:

@@ -9,7 +9,8 @@ Three ways in, one validation:
 - :meth:`ModelSwapper.install` (the kiosk's apply/undo, a fleet deploy): write the bytes over the
   model file atomically, load them, and put the old bytes back when they are rejected — so after a
   crash or ``kill -9`` the file is always a model that was accepted (or the one being checked,
-  which the next start checks again).
+  which the next start checks again). The model an accepted install replaced is kept beside it
+  (``.NAME.kept``, one only), so a fleet rollout can roll a device back without sending it a model.
 
 A candidate must load in the runtime with one image input and a ``[1, N]`` output, have labels
 that fit (its embedded labels, else the ``--labels`` file, else ``labels.txt`` beside it) and give
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime.artifact import read_artifact
+from edge_app.runtime.artifact import read_artifact, read_model_bytes
 from edge_app.runtime.errors import EdgeclsError, first_line
 from edge_app.runtime.files import write_bytes
 
@@ -254,13 +255,32 @@ class ModelSwapper:
             if not outcome.accepted:
                 os.replace(previous, self.path)
                 self._seen = _signature(self.path)
+            elif outcome.reason == "swapped":
+                # The model it replaced stays beside it, for a signed rollback (edgecls fleet deploy --stages).
+                os.replace(previous, kept_path(self.path))
             else:
                 previous.unlink(missing_ok=True)
             return outcome
 
+    def kept_model(self) -> bytes | None:
+        """The bytes of the model the last install replaced (kept as ``.NAME.kept``), or ``None`` when there is none.
+
+        Read as any model from outside is (a regular file, under the size cap): a fleet rollback installs these
+        only after the host's signature over their sha256 verified.
+        """
+        kept = kept_path(self.path)
+        if not kept.is_file():
+            return None
+        return read_model_bytes(kept, "the kept previous model")
+
 
 def previous_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.previous")
+
+
+def kept_path(path: Path) -> Path:
+    """Where the model an accepted install replaced is kept (one, the latest), for a fleet rollback."""
+    return path.with_name(f".{path.name}.kept")
 
 
 def recover_interrupted_install(path: Path, load: Callable[[Path], object]) -> None:

@@ -9,7 +9,9 @@ Topics, for a device ``ID``::
     edgecls/ID/result      label changes and a heartbeat (QoS 0, never queued)
     edgecls/ID/event       camera lost/reopened, model swapped/rejected, ... (QoS 1, buffered while offline)
     edgecls/ID/cmd/model   a signed deploy           edgecls/ID/cmd/bench   a signed benchmark request
+    edgecls/ID/cmd/pull    a signed request for labelled field photos (``fleet pull``)
     edgecls/ID/ack         the device's answer to a command (QoS 1)
+    edgecls/ID/pull        the field photos a pull asked for, then its end (QoS 1, never retained)
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from urllib.parse import unquote, urlsplit
 from edge_app.runtime.errors import FleetError
 
 ROOT = "edgecls"
-KINDS = ("status", "result", "event", "ack", "cmd/model", "cmd/bench")
+KINDS = ("status", "result", "event", "ack", "cmd/model", "cmd/bench", "cmd/pull", "pull")
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 # A model travels base64 inside JSON (4/3 of its size): 32 MB of message is a 24 MB model, more than an edge
 # classifier needs (MobileNetV2 fp32: 14 MB); a larger one goes by URL. Handling a message costs ~4x its size in
 # memory (paho's buffer, the payload, the JSON string, the decoded model): 32 MB stays far inside the 500 MB
 # the service unit allows.
 MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+# fleet pull: the largest field photo a device sends and the host takes (a kiosk's JPEGs are tens of kB).
+MAX_PHOTO_BYTES = 16 * 1024 * 1024
 # paho reads a whole packet into memory before it hands it over; past the cap a client keeps only this much of it.
 _KEPT_OF_OVERSIZE = 4096
 _OVERSIZE_READ = 64 * 1024

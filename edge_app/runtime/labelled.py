@@ -9,6 +9,7 @@ measurement that quietly skips a class is not a measurement.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,3 +131,59 @@ def stratified_split(items: list[Item], fractions: dict[str, float], seed: int,
                 start += n
         parts["train"] += [(p, index) for p in order[start:]]
     return parts
+
+
+# `edgecls fleet pull` writes its photos as class folders (read as they are) and, beside them, one JSON line per
+# photo received: where it came from. Readers of class folders scan folders only, so the file disturbs none.
+MANIFEST = "manifest.jsonl"
+MAX_MANIFEST_BYTES = 200_000_000  # ~500,000 photos; a larger file is not a manifest fleet pull wrote
+
+
+def read_manifest(folder: str | Path) -> list[dict]:
+    """The records of ``folder``'s ``manifest.jsonl`` (``[]`` when it has none); a torn last line is skipped.
+
+    Example:
+        >>> read_manifest("pulled/")[0]["device"]
+        'kiosk-01'
+    """
+    from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded
+
+    try:
+        data = read_bounded(Path(folder) / MANIFEST, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        return []
+    except (OSError, NotRegularFile, FileTooLarge) as e:
+        raise DataError(f"cannot read {Path(folder) / MANIFEST} ({e}); move it out of {folder} to use the photos "
+                        "without it") from None
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a host that was killed while writing it
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def photo_devices(folder: str | Path, photos: Sequence[str | Path]) -> dict[str, int]:
+    """How many of ``photos`` (paths in ``folder``'s class folders) each device sent, from ``folder``'s manifest:
+    ``{device_id: n}``, ``{}`` without a manifest. A photo two devices sent counts for both.
+
+    Example:
+        >>> photo_devices("pulled/", ["pulled/tomato_healthy/3f2a9c0d1e2b4a5f.jpg"])
+        {'kiosk-01': 1}
+    """
+    root = Path(folder)
+    wanted = set()
+    for photo in photos:
+        try:
+            wanted.add(Path(photo).relative_to(root).as_posix())
+        except ValueError:
+            continue
+    devices: dict[str, set[str]] = {}
+    for record in read_manifest(root):
+        path, device = record.get("path"), record.get("device")
+        if isinstance(path, str) and isinstance(device, str) and path in wanted:
+            devices.setdefault(device, set()).add(path)
+    return {device: len(paths) for device, paths in sorted(devices.items())}

@@ -4,6 +4,9 @@ What is signed is the model's sha256, domain-separated (``edgecls-model-v1:<sha2
 signature made for a model can never be passed off as a signature over anything else. The private
 key stays on the host (``edgecls fleet keygen``); only the public key is copied to devices.
 
+A request that carries no model (``fleet pull``) is signed over its own fields instead: ``edgecls-<kind>-v1:``
+and canonical JSON that names the device and the time (:func:`sign_request`, :func:`verify_request`).
+
 ``cryptography`` is imported inside the functions: ``edgecls run`` without ``--trust`` never needs it.
 """
 
@@ -12,8 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 import re
+import time
 from pathlib import Path
 
 from edge_app.runtime.errors import FleetError, SignatureError
@@ -21,6 +26,9 @@ from edge_app.runtime.files import atomic_path, write_bytes
 
 SIGNED_PREFIX = b"edgecls-model-v1:"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A signed request (``fleet pull``) is refused when its time is further than this from the device's clock.
+REQUEST_MAX_AGE_S = 600.0
+_REQUEST_KIND = re.compile(r"[a-z]{1,20}")
 
 
 def _crypto():
@@ -146,9 +154,22 @@ def sign_model(key, data: bytes) -> dict:
         >>> sign_model(load_private_key("fleet.key"), Path("model_int8.tflite").read_bytes())
         {'sha256': '9f2c...', 'signature': 'u0Lk...=='}
     """
-    digest = sha256_hex(data)
-    signature = key.sign(SIGNED_PREFIX + digest.encode("ascii"))
-    return {"sha256": digest, "signature": base64.b64encode(signature).decode("ascii")}
+    return sign_sha256(key, sha256_hex(data))
+
+
+def sign_sha256(key, sha256: str) -> dict:
+    """``{"sha256", "signature"}`` for a model known by its sha256 alone, signed as :func:`sign_model` signs its bytes.
+
+    A staged rollout's rollback signs the model a device ran before (its sha256 from the device's status), which
+    the device kept: the device installs it only when the kept bytes have that sha256.
+
+    Example:
+        >>> sign_sha256(load_private_key("fleet.key"), status["model_sha256"])
+    """
+    if not isinstance(sha256, str) or not _SHA256_HEX.fullmatch(sha256):
+        raise FleetError(f"a model's sha256 is 64 lowercase hex digits, got {str(sha256)[:80]!r}")
+    signature = key.sign(SIGNED_PREFIX + sha256.encode("ascii"))
+    return {"sha256": sha256, "signature": base64.b64encode(signature).decode("ascii")}
 
 
 def verify_signature(public_key, sha256: str, signature: str) -> None:
@@ -197,3 +218,67 @@ def verify_model(public_key, data: bytes, sha256: str, signature: str) -> None:
     """
     verify_signature(public_key, sha256, signature)
     check_sha256(data, sha256)
+
+
+def request_bytes(kind: str, fields: dict) -> bytes:
+    """What a signed request's signature covers: ``edgecls-<kind>-v1:`` + its fields (all but ``signature``) as
+    canonical JSON (sorted keys, no spaces, ASCII escapes), so the host and every device sign and check the same bytes.
+
+    ``kind`` names the domain (``pull``): a signature made for one kind of request, or for a model
+    (``edgecls-model-v1:``), can never pass for another.
+
+    Example:
+        >>> request_bytes("pull", {"id": "a1", "t": 1700000000})
+        b'edgecls-pull-v1:{"id":"a1","t":1700000000}'
+    """
+    if not isinstance(kind, str) or not _REQUEST_KIND.fullmatch(kind) or kind == "model":
+        raise ValueError(f"a request kind is 1-20 lowercase letters and not 'model', got {kind!r}")
+    body = {k: v for k, v in fields.items() if k != "signature"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return f"edgecls-{kind}-v1:".encode("ascii") + text.encode("ascii")
+
+
+def sign_request(key, kind: str, fields: dict) -> dict:
+    """``fields`` with ``signature`` (base64 ed25519 over :func:`request_bytes`) added; put ``t`` (whole seconds)
+    and the target's ``device_id`` in ``fields`` so the request cannot be replayed later or to another device.
+
+    Example:
+        >>> sign_request(load_private_key("fleet.key"), "pull", {"id": "a1", "device_id": "kiosk-1", "t": 1700000000})
+        {'id': 'a1', 'device_id': 'kiosk-1', 't': 1700000000, 'signature': 'Vf1q...=='}
+    """
+    return {**fields, "signature": base64.b64encode(key.sign(request_bytes(kind, fields))).decode("ascii")}
+
+
+def verify_request(public_key, kind: str, fields: dict, max_age_s: float = REQUEST_MAX_AGE_S,
+                   now: float | None = None) -> None:
+    """Check a signed request: its signature first (nothing else about it is trusted before), then its time.
+
+    Raises:
+        SignatureError: no signature, a malformed one, one that does not verify with ``public_key``, or a
+            request whose ``t`` is more than ``max_age_s`` from this clock (stale, or replayed).
+
+    Example:
+        >>> verify_request(load_public_key("fleet.key.pub"), "pull", message)
+    """
+    _, _, InvalidSignature = _crypto()
+    signature = fields.get("signature")
+    try:
+        raw = base64.b64decode(signature, validate=True) if isinstance(signature, str) else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 64:
+        raise SignatureError(f"the request is not signed (no 64-byte base64 'signature'); send it with: "
+                             f"edgecls fleet {kind} --key KEY")
+    try:
+        public_key.verify(raw, request_bytes(kind, fields))
+    except (InvalidSignature, TypeError, ValueError):
+        raise SignatureError(f"the {kind} request's signature does not verify with the trusted key "
+                             f"{key_id(public_key)}: signed with another key, or tampered") from None
+    t = fields.get("t")
+    if not isinstance(t, int) or isinstance(t, bool):
+        raise SignatureError(f"the {kind} request has no 't' (whole seconds since 1970)")
+    age = (time.time() if now is None else now) - t
+    if abs(age) > max_age_s:
+        raise SignatureError(f"the {kind} request is {'stale' if age > 0 else 'from the future'}: its time is "
+                             f"{abs(age):.0f} s {'old' if age > 0 else 'ahead'}, more than {max_age_s:.0f} s from this "
+                             "device's clock (a replay, or a clock that is off: check NTP on both)")

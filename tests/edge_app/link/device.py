@@ -31,11 +31,15 @@ def main() -> int:
 
     link = MqttLink(config["url"], config["device_id"], trust=config.get("trust"), installer=installer,
                     status_every_s=config.get("status_every_s", 0.5),
-                    max_payload_bytes=config.get("max_payload_bytes", MAX_PAYLOAD_BYTES))
+                    max_payload_bytes=config.get("max_payload_bytes", MAX_PAYLOAD_BYTES),
+                    field_folder=config.get("field_folder"))
+    for name in ("chunk_bytes", "settle_s"):  # fleet pull's: small parts, photos just copied in sent at once
+        if f"pull_{name}" in config:
+            setattr(link.field_pull, name, config[f"pull_{name}"])
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     link.start({"model": "tests/leaf.tflite", "model_sha256": "ab" * 32, "labels": ["healthy", "sick"],
-                "edgecls": "test", "source": "fake"})
+                "edgecls": "test", "source": "fake", "hostname": config.get("hostname", "test-host")})
     print("started", flush=True)
     frame = 0
     try:

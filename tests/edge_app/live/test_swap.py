@@ -199,3 +199,38 @@ def test_a_model_file_that_cannot_be_read_is_rejected_once_naming_it(tmp_path, l
     assert [e["event"] for e in events] == ["model_rejected", "model_swapped"], events
     assert events[0]["reason"] == f"cannot read model {model}: Input/output error; put a .tflite file there"
     assert stderr.count("Input/output error") == 1 and "model swap:" not in stderr, stderr
+
+
+def test_an_install_keeps_the_model_it_replaced_for_a_rollback(tmp_path):
+    """``install`` keeps one model, the one an accepted swap replaced (``.NAME.kept``): what a fleet rollback
+    installs; a rejected or unchanged install leaves it as it was."""
+    from edge_app.live.swap import ModelSwapper, kept_path
+    from edge_app.runtime import ImageClassifier
+
+    running = tmp_path / "model.tflite"
+    shutil.copy(IMAGENET_MODEL, running)
+    clf = ImageClassifier(running, in_memory=True, num_threads=1)
+    swapper = ModelSwapper(clf, load=lambda artifact: ImageClassifier(artifact, in_memory=True, num_threads=1),
+                           watch=False)
+    stop = threading.Event()
+
+    def loop():  # the live loop's part: take a validated candidate between two frames
+        while not stop.is_set():
+            if (candidate := swapper.take()) is not None:
+                swapper.swapped(candidate)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        assert swapper.kept_model() is None
+        assert swapper.install(BIRD_MODEL.read_bytes(), "test deploy").accepted
+        assert swapper.kept_model() == IMAGENET_MODEL.read_bytes() and running.read_bytes() == BIRD_MODEL.read_bytes()
+        assert not swapper.install(b"TFL3 not a model", "test deploy").accepted
+        assert swapper.install(BIRD_MODEL.read_bytes(), "test deploy").reason == "unchanged"
+        assert swapper.kept_model() == IMAGENET_MODEL.read_bytes()  # neither replaced the kept one
+        assert swapper.install(swapper.kept_model(), "rollback").accepted  # back; the bird model is kept now
+        assert kept_path(running).read_bytes() == BIRD_MODEL.read_bytes() and sha256(running) == sha256(IMAGENET_MODEL)
+    finally:
+        stop.set()
+        thread.join(5)
