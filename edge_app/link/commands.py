@@ -74,11 +74,8 @@ def leading_id(payload: bytes) -> str | None:
     return found.group(1).decode("ascii") if found else None
 
 
-def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
-    """Check a command message's size, JSON and fields; raises :class:`FleetError` saying what is wrong."""
-    if len(payload) > max_payload_bytes:
-        raise FleetError(f"the message is {len(payload) / 1e6:.1f} MB, over this device's cap of "
-                         f"{max_payload_bytes / 1e6:.0f} MB; send a URL instead of the model bytes")
+def command_object(payload: bytes) -> tuple[dict, str]:
+    """A command message's JSON object and its request id; raises :class:`FleetError` saying what is wrong."""
     try:
         message = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
@@ -88,6 +85,15 @@ def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
     request = message.get("id")
     if not isinstance(request, str) or not _ID.fullmatch(request):
         raise FleetError("the message needs an 'id': 1-100 letters, digits or _ . : -")
+    return message, request
+
+
+def parse_command(cmd: str, payload: bytes, max_payload_bytes: int) -> Command:
+    """Check a command message's size, JSON and fields; raises :class:`FleetError` saying what is wrong."""
+    if len(payload) > max_payload_bytes:
+        raise FleetError(f"the message is {len(payload) / 1e6:.1f} MB, over this device's cap of "
+                         f"{max_payload_bytes / 1e6:.0f} MB; send a URL instead of the model bytes")
+    message, request = command_object(payload)
     for key in ("sha256", "signature"):
         if not isinstance(message.get(key), str):
             raise FleetError(f"the message has no '{key}' string; sign it with: edgecls fleet "

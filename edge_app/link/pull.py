@@ -23,7 +23,6 @@ import collections
 import json
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -31,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_app.link.commands import command_object, leading_id
 from edge_app.runtime.broker import MAX_PHOTO_BYTES
 from edge_app.runtime.errors import FleetError
 from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded
@@ -48,8 +48,6 @@ SETTLE_S = 2.0  # photos moved in more recently wait for the next pull
 IN_FLIGHT = 4  # messages handed to paho and not yet confirmed by the broker
 PUBLISH_TIMEOUT_S = 30.0
 MAX_REQUEST_BYTES = 4096  # a request is a few hundred bytes
-_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
-_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_.:-]{1,100})"')
 _FACTS = {"t": (int, float), "frame": (int,), "why": (str,), "label": (str,), "score": (int, float),
           "novelty": (int, float), "model_sha256": (str,), "source": (str,)}
 
@@ -80,11 +78,6 @@ class Photo:
     mtime: float
 
 
-def leading_id(payload: bytes) -> str | None:
-    found = _LEADING_ID.match(payload[:300])
-    return found.group(1).decode("ascii") if found else None
-
-
 def parse_request(payload: bytes, device_id: str, trust, now: float | None = None) -> PullRequest:
     """A ``cmd/pull`` message, verified (signature first) and checked; raises :class:`FleetError` saying why not.
 
@@ -92,15 +85,7 @@ def parse_request(payload: bytes, device_id: str, trust, now: float | None = Non
         >>> parse_request(message.payload, "kiosk-1", load_public_key("fleet.key.pub"))
         PullRequest(id='9f2c...', after=(1718000000000000000, 'tomato_healthy/x.jpg'), max_photos=500, ...)
     """
-    try:
-        message = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FleetError(f"the message is not JSON ({e})") from None
-    if not isinstance(message, dict):
-        raise FleetError("the message must be a JSON object")
-    request = message.get("id")
-    if not isinstance(request, str) or not _ID.fullmatch(request):
-        raise FleetError("the message needs an 'id': 1-100 letters, digits or _ . : -")
+    message, request = command_object(payload)
     if trust is None:
         raise FleetError("field photos are sent only on a request signed by the fleet key, and this device runs "
                          "without --trust KEY.pub")
