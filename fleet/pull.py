@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import math
@@ -176,6 +177,8 @@ class PulledFolder:
         for label, path in list(entry.paths.items()):
             if path:
                 (self.root / path).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a class left with no photo is no class: train would refuse it
+                    (self.root / path).parent.rmdir()
             entry.paths[label] = None
 
     def add(self, device: str, status: dict, head: dict, data: bytes) -> tuple[str, dict | None]:

@@ -228,8 +228,8 @@ def test_duplicates_and_conflicts_between_kiosks_are_reported_never_merged(broke
     assert report["conflicts"] == [{"sha256": disputed, "sent": [{"device": "kiosk-1", "label": "tomato_mosaic_virus"},
                                                                  {"device": "kiosk-2", "label": "tomato_leaf_mold"}]}]
     assert sum(r["duplicates"] for r in report["devices"]) == 1 and sum(r["conflicts"] for r in report["devices"]) == 1
-    assert files(out) == {"tomato_healthy": {f"{same[:16]}.jpg"}, "tomato_leaf_mold": {f"{own[:16]}.jpg"},
-                          "tomato_mosaic_virus": set()}
+    # the disputed photo is in neither class, and a class it alone made is gone (whichever device came first)
+    assert files(out) == {"tomato_healthy": {f"{same[:16]}.jpg"}, "tomato_leaf_mold": {f"{own[:16]}.jpg"}}
     lines = manifest(out)
     assert sorted(r["device"] for r in lines if r["sha256"] == same) == ["kiosk-1", "kiosk-2"]
     assert any(r["sha256"] == disputed and r.get("conflict") for r in lines)
