@@ -49,9 +49,10 @@ class DropTest:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Comparison:
-    """A variant's figures on the check images against the float model's (see :func:`compare`)."""
+    """A variant's figures on the check images against the float model's (see :func:`compare`); the first fields of
+    a :class:`~converter.results.Variant`."""
 
     accuracy: float
     accuracy_drop_pp: float

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from converter.checks import DropTest, Latency
+from converter.checks import Comparison, Latency
 from converter.graph import GraphFacts
 from edge_app.runtime.interpreter import Kernels
 
@@ -41,8 +41,9 @@ class Repair:
 
 
 @dataclass
-class Variant:
-    """One converted model and its proof.
+class Variant(Comparison):
+    """One converted model and its proof: its :class:`~converter.checks.Comparison` with the float model, then what
+    it is and how fast it ran.
 
     Made by the checks, then completed as the conversion goes on: the size once the proof is embedded,
     ``kept_float`` and ``repair`` (int8), ``unknown`` (its reference set's report), ``field`` (its figures on
@@ -54,13 +55,6 @@ class Variant:
     path: str
     size_bytes: int
     io: dict
-    accuracy: float
-    accuracy_drop_pp: float
-    drop_test: DropTest
-    agreement: float
-    per_class_accuracy: dict[str, float | None]
-    per_class_delta_pp: dict[str, float | None]
-    confusion_matrix: list[list[int]]
     latency: Latency
     graph: GraphFacts
     kernels: Kernels | None

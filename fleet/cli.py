@@ -351,7 +351,8 @@ def bench(args) -> int:
 def pull(args) -> int:
     from edge_app.runtime.signing import key_id, load_private_key
     from fleet.client import parse_targets
-    from fleet.pull import PulledFolder, pull_photos, pull_rows
+    from fleet.pull import pull_photos, pull_rows
+    from fleet.pulled import PulledFolder
     from fleet.report import pull_table
 
     parse_targets(args.to)

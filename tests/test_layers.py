@@ -53,7 +53,8 @@ def modules() -> dict[str, Path]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the project's modules it imports (``from pkg import name`` counts as pkg.name when that is a module)."""
+    """module -> the project's modules it imports (``from pkg import name``: pkg, and pkg.name when that is a
+    module)."""
     known = modules()
     graph = {}
     for name, path in known.items():
@@ -68,6 +69,8 @@ def import_graph() -> dict[str, set[str]]:
                     up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(up + [base] if base else up)
                 targets |= {_nearest(f"{base}.{alias.name}", known) for alias in node.names}
+                # `from pkg import mod` runs pkg/__init__ first: inside pkg, an arrow back to the package itself
+                targets.add(_nearest(base, known))
         graph[name] = {t for t in targets if t and t != name}
     return graph
 

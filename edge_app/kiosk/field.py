@@ -190,7 +190,7 @@ class FieldLearning(FrameReview):
         return origin
 
     def _run_learn(self, origin: Path, out: Path) -> dict:
-        from edge_app.learn.learn import STATE
+        from edge_app.learn.state import STATE
         from edge_app.runtime import graph
         from edge_app.runtime.artifact import read_member
 

@@ -38,12 +38,11 @@ from edge_app.kiosk.limits import (
     ServerLog,
 )
 from edge_app.kiosk.review import Refused
+from edge_app.kiosk.verdict import Examples, card_for, is_sure
 from edge_app.runtime.device import device_facts
 from edge_app.runtime.errors import EdgeclsError
 
 log = logging.getLogger("edgecls")
-
-SURE_AT = 0.8  # a verdict's (smoothed) score from which the farmer's page says "sure"
 
 class WebView(Sink):
     """The kiosk web server, as a sink of the live loop.
@@ -75,7 +74,7 @@ class WebView(Sink):
         self.field = None  # the run's FieldLearning with --learn: the page's review/teach/apply/undo
         self.metrics = None  # the run's Metrics sink: GET /metrics
         self.model = None  # () -> the running classifier: its class cards
-        self._examples: tuple[int, list] = (-1, [])  # the result version they were found for, and them
+        self._examples = Examples()
         self._lock = threading.Lock()  # the newest frame and result, written by the live loop
         self._frame: Frame | None = None
         self._result: Result | None = None
@@ -187,32 +186,15 @@ class WebView(Sink):
             history = list(self._history)
         current = {"label": None, "score": None, "frame": None, "fps": 0.0} if r is None else {
             "label": r.label, "score": round(r.score, 4), "uncertain": r.uncertain, "unknown": r.unknown,
-            "sure": not (r.uncertain or r.unknown) and r.score >= SURE_AT,
+            "sure": is_sure(r),
             "novelty": None if r.novelty is None else round(r.novelty, 4),
             "top_k": [{"label": lb, "score": round(s, 4)} for lb, s in r.top_k], "frame": r.frame,
             "t": round(r.t, 3), "latency_ms": round(r.latency_ms, 2), "fps": round(r.fps, 1),
-            "card": self._card(r.label, lang), "examples": self._examples_for(r, frame, version)}
+            "card": card_for(self.model, r.label, lang),
+            "examples": self._examples.find(self.field, r, frame, version, self._info.get("model_sha256"))}
         return {**current, "history": history, "uptime_s": round(now - self._started, 1),
                 "viewers": self.viewers, "run": self._info, "device": self._facts[1],
                 "learn": self.field is not None}
-
-    def _card(self, label: str, lang: str) -> dict | None:
-        from edge_app.runtime.cards import KEY, card
-
-        clf = self.model() if self.model is not None else None
-        return card(clf.artifact.metadata.get(KEY) if clf is not None else None, label, lang)
-
-    def _examples_for(self, result: Result, frame: Frame | None, version: int) -> list[dict]:
-        """The labelled frames of the verdict's class nearest this frame (found once per frame, however many ask)."""
-        if self.field is None or frame is None or result.unknown or result.uncertain:
-            return []
-        if self._examples[0] != version:
-            from edge_app.kiosk.similar import vectors_of
-
-            sha = self._info.get("model_sha256") or ""
-            target = vectors_of(frame.image, result.embedding, sha)
-            self._examples = (version, self.field.examples(target, result.label))
-        return self._examples[1]
 
     # --- frames, on the loop --------------------------------------------------------------------------------------
     def _new_frame(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ from edge_app.learn import heads
 from edge_app.learn import unknown as unknown_set
 from edge_app.learn.embed import Embedder
 from edge_app.learn.report import evaluate, write_reports
+from edge_app.learn.state import STATE, read_state, state_bytes
 from edge_app.runtime import cards, graph, novelty, rewrite
 from edge_app.runtime.artifact import (
-    MAX_MEMBER_BYTES,
     embed_metadata,
     flatbuffer_part,
     read_artifact,
-    read_member,
 )
 from edge_app.runtime.dataset import scan
 from edge_app.runtime.errors import (
@@ -52,7 +50,6 @@ log = logging.getLogger("edgecls")
 
 MODELS = Path(__file__).parent / "models"
 DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
-STATE = "learn.npz"  # the archive member a learned model carries for extending it
 SAMPLES_PER_CLASS = 128
 KEEP_MARGIN = 2.0  # --keep-classes: logits by which a new class beats the old ones on its own photos
 
@@ -160,7 +157,7 @@ def learn(config: LearnConfig) -> dict:
     artifact = read_artifact(base_path, keep_bytes=True, what="--base")
     base = artifact.data
     model = graph.read_model(base, f"--base {base_path}")
-    state = _read_state(base, base_path)
+    state = read_state(base, base_path)
     embedding = graph.find_embedding(model, config.embedding or (artifact.metadata.get("learn") or {}).get("embedding"))
     log.info("base %s: embedding %s %s (%s, %d values)%s", base_path.name, embedding.name, list(embedding.shape),
              embedding.dtype, embedding.width,
@@ -245,7 +242,7 @@ def learn(config: LearnConfig) -> dict:
         data = rewrite.with_output(model, embedding)
     else:
         data = rewrite.with_head(model, embedding, head.weights, head.bias, embedding_output=bool(members))
-        members[STATE] = _state_bytes(labels, sums, counts, samples, sample_y, embedding, final["sample_field"])
+        members[STATE] = state_bytes(labels, sums, counts, samples, sample_y, embedding, final["sample_field"])
     write_bytes(config.out, embed_metadata(data, metadata, labels, members))
     report = {
         "schema": "edgecls.learn/1", "model": str(config.out), "base": str(base_path), "data": str(config.data),
@@ -291,19 +288,6 @@ def _check_other(model: Path, paths: list[Path], truth: np.ndarray, labels: list
     result = evaluate(np.array(predicted, np.int64), truth, [*labels, "(not a class of this model)"])
     result["model"] = str(model)
     return result
-
-
-def _read_state(base: bytes, path: Path) -> dict | None:
-    try:
-        blob = read_member(base, STATE)
-        if blob is None:
-            return None
-        with np.load(io.BytesIO(blob)) as state:
-            if any(i.file_size > MAX_MEMBER_BYTES for i in state.zip.infolist()):
-                raise ValueError("an array would inflate past the member cap")
-            return {k: state[k] for k in state.files} | {"labels": [str(v) for v in state["labels"]]}
-    except (ValueError, KeyError, OSError) as e:
-        raise ModelError(f"{path} carries a damaged {STATE}; learn from the photos again") from e
 
 
 def _fit_parts(raw: dict, parts: tuple[str, ...], state: dict | None, old_labels: list[str], old_head,
@@ -391,11 +375,3 @@ def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head
             "source_model": base_path.name, "edgecls_version": __version__,
             "learn": {"embedding": embedding.name, "head": head.kind, "base_sha256": hashlib.sha256(base).hexdigest(),
                       "kept_classes": len(old_labels), "samples_per_class": SAMPLES_PER_CLASS, "created": created}}
-
-
-def _state_bytes(labels, sums, counts, samples, sample_y, embedding, sample_field) -> bytes:
-    out = io.BytesIO()
-    np.savez_compressed(out, labels=np.array(labels), sums=sums.astype(np.float32), counts=counts.astype(np.int64),
-                        samples=samples, sample_labels=sample_y.astype(np.int64),
-                        sample_field=np.asarray(sample_field, bool), embedding=np.array([embedding.name]))
-    return out.getvalue()

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.link.commands import command_object, leading_id
+from edge_app.link.messages import command_object, leading_id
 from edge_app.runtime.broker import MAX_PHOTO_BYTES
 from edge_app.runtime.errors import FleetError
 from edge_app.runtime.files import FileTooLarge, NotRegularFile, read_bounded

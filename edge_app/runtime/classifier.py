@@ -120,14 +120,13 @@ class ImageClassifier:
         does it in a few µs where numpy took ~20 beside a 0.2 ms invoke. numpy stays the fallback (tflite-runtime
         has no flatbuffer schema to edit with; an Edge TPU model keeps its graph as compiled). ``data``: the bytes
         the metadata and reference set were read from (``None``: the file is read again, as any model is)."""
-        from edge_app.runtime import (
-            rewrite,  # graph editing: ai-edge-litert's schema and numpy, no TensorFlow
-        )
+        # graph editing: ai-edge-litert's schema and numpy, no TensorFlow
+        from edge_app.runtime.rewrite import SIMILARITY_NAME, with_knn
 
         reference = self.reference
         try:
             data = read_model_bytes(self.path) if data is None else data
-            data = rewrite.with_knn(data, reference.output, reference.vectors, min(reference.k, len(reference.vectors)))
+            data = with_knn(data, reference.output, reference.vectors, min(reference.k, len(reference.vectors)))
             interpreter = make_interpreter(replace(self.artifact, data=data), self.device, self.num_threads)
         except Exception as e:  # noqa: BLE001 - a speed-up: whatever stops it, numpy gives the same score
             log.info("%s: 'unknown' scored in numpy (%s)", self.path.name, first_line(e))
@@ -135,7 +134,7 @@ class ImageClassifier:
         # Only tensors were appended: the input, scores and embedding keep their indices.
         self.interpreter, self.kernels = interpreter, applied_kernels(interpreter, self.device)
         self.similarity_detail = next(d for d in interpreter.get_output_details()
-                                      if d["name"] == rewrite.SIMILARITY_NAME)
+                                      if d["name"] == SIMILARITY_NAME)
 
     def _labels(self, labels: str | Path | None, embedded_first: bool) -> list[str]:
         if labels is not None and not (embedded_first and self.artifact.labels):

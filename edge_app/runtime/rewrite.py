@@ -13,7 +13,6 @@ import copy
 
 import numpy as np
 
-from edge_app.runtime import graph
 from edge_app.runtime.errors import ModelError
 from edge_app.runtime.graph import (
     CUT_OUTPUT_NAME,
@@ -21,7 +20,9 @@ from edge_app.runtime.graph import (
     Embedding,
     check_belongs,
     flatbuffer_utils,
+    read_model,
     schema,
+    tensor_name,
     tensor_producers,
 )
 
@@ -91,9 +92,9 @@ def with_knn(data: bytes, output: str, rows: np.ndarray, k: int) -> bytes:
     FULLY_CONNECTED (int8 weights, one scale per row; the float input quantized on the fly), XNNPACK does it in
     ~2 µs, and the top-k and mean come with it. Same score, up to the int8 rounding of the rows.
     """
-    model = graph.read_model(data)
+    model = read_model(data)
     g = model.subgraphs[0]
-    named = [int(t) for t in g.outputs if graph.tensor_name(g, int(t)) == output]
+    named = [int(t) for t in g.outputs if tensor_name(g, int(t)) == output]
     rows = np.asarray(rows, np.float32)
     if not named:
         raise ModelError(f"the model has no output named {output!r} to compute 'unknown' from")

@@ -9,7 +9,7 @@ import stat
 import pytest
 from support import IMAGENET_MODEL
 
-from edge_app.link.commands import leading_id, parse_command
+from edge_app.link.messages import leading_id, parse_command
 from edge_app.runtime.broker import check_device_id, parse_broker_url, topic
 from edge_app.runtime.errors import FleetError, SignatureError
 from edge_app.runtime.signing import (
