@@ -119,7 +119,7 @@ function showSelection() {
   $('selected').textContent = selected.size ? f('selected', {n: selected.size}) : '';
 }
 function choose(c, event) {
-  const cards = allCards();
+  const cards = allCards().filter((d) => !d.hidden);  // a run of what is shown
   if (event.shiftKey && lastClicked) {
     const [a, b] = [cards.indexOf(lastClicked), cards.indexOf(c)].sort((x, y) => x - y);
     if (a >= 0) { for (const d of cards.slice(a, b + 1)) selected.add(d.dataset.id); showSelection(); return; }
@@ -127,8 +127,12 @@ function choose(c, event) {
   if (selected.has(c.dataset.id)) selected.delete(c.dataset.id); else selected.add(c.dataset.id);
   lastClicked = c; showSelection();
 }
+// A frame's card is made once and kept while the frame waits: a refresh moves it, never retypes what the
+// operator typed in it or fetches its picture again.
+const cardsMade = new Map();
 function card(item) {
-  const c = el('div', null, 'card'); c.dataset.id = item.id;
+  if (cardsMade.has(item.id)) return cardsMade.get(item.id);
+  const c = el('div', null, 'card'); c.dataset.id = item.id; cardsMade.set(item.id, c);
   const img = el('img'); img.alt = item.label; img.onclick = (e) => choose(c, e);
   const why = T['why_' + item.why] || item.why;
   c.append(img, el('div', (item.top || []).slice(0, 3).map(([l, s]) => l + ' ' + pct(s)).join(' \u00b7 ') + ' (' + why + ')', 'muted'));
@@ -166,21 +170,25 @@ function groupBox(members) {
   }
   box.append(grid); return box;
 }
+function forget(ids) {  // frames labelled or discarded leave the page at once, before the list is asked again
+  for (const id of ids) { selected.delete(id); const c = cardsMade.get(id); if (c) c.remove(); cardsMade.delete(id); }
+}
 async function label(ids, name) {
   const out = await act('label', ids.length === 1 ? {id: ids[0], label: name} : {ids, label: name});
   const done = out.ids || [out.id];
-  for (const id of done) selected.delete(id);
+  forget(done);
   lastBulk = done.length > 1 ? done : null;
   $('bulk-undo').hidden = !lastBulk;
+  // The list first, then the word: what the message says is done is what the page shows.
+  await refreshReview(true).catch(() => {}); refreshClasses();
   say(done.length > 1 ? f('msg_labelled_many', {n: done.length, label: out.label}) : f('msg_labelled', {label: out.label}), true);
-  await refreshReview(true); refreshClasses();
 }
 async function discard(ids) {
   const out = await act('discard', ids.length === 1 ? {id: ids[0]} : {ids});
   const done = out.ids || [out.id];
-  for (const id of done) selected.delete(id);
+  forget(done);
+  await refreshReview(true).catch(() => {});
   say(done.length > 1 ? f('msg_discarded_many', {n: done.length}) : T.msg_discarded, true);
-  await refreshReview(true);
 }
 let reviewKey = '';
 async function refreshReview(force) {
@@ -189,9 +197,12 @@ async function refreshReview(force) {
   $('paused').textContent = got.paused ? f('paused', {why: got.paused}) : '';
   const key = got.items.map((i) => i.id + ':' + i.group).join(',');
   if (key === reviewKey && !force) return;
+  // Not while the operator types in a card: the new frames can wait for the next refresh.
+  if (!force && $('grid').contains(document.activeElement) && document.activeElement.tagName === 'INPUT') return;
   reviewKey = key;
   const ids = new Set(got.items.map((i) => i.id));
   for (const id of [...selected]) if (!ids.has(id)) selected.delete(id);
+  for (const id of [...cardsMade.keys()]) if (!ids.has(id)) cardsMade.delete(id);
   const groups = new Map();
   for (const item of got.items) { if (!groups.has(item.group)) groups.set(item.group, []); groups.get(item.group).push(item); }
   $('grid').replaceChildren(...[...groups.values()].map(groupBox));
@@ -210,8 +221,8 @@ $('bulk-undo').onclick = async () => {
   if (!lastBulk) return;
   const out = await act('unlabel', {ids: lastBulk});
   lastBulk = null; $('bulk-undo').hidden = true;
+  await refreshReview(true).catch(() => {}); refreshClasses();
   say(f('msg_sent_back_many', {n: out.ids.length}), true);
-  await refreshReview(true); refreshClasses();
 };
 
 function labelledCard(item) {
