@@ -108,6 +108,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", type=Path, default=None, help="learn's --base (default: the shipped ImageNet one)")
+    parser.add_argument("--input-size", type=int, default=None, metavar="N", help="learn's --input-size")
     parser.add_argument("--tomato", action="store_true", help="add the tomato blight field photos to every k > 0")
     parser.add_argument("--draws", type=int, default=3, help="seeded draws per k below 'all'")
     parser.add_argument("--host", action="append", default=[], metavar="K=RUN",
@@ -119,6 +120,8 @@ def main() -> int:
     dev, report = split(out)
     non_leaves = others(out)
     base = ["--base", args.base] if args.base else []
+    if args.input_size:
+        base += ["--input-size", args.input_size]
     lab_model = out / "lab.tflite"
     edgecls("learn", LAB, "--out", lab_model, *base, "-q")
     rows = []

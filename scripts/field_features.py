@@ -42,9 +42,11 @@ def dev_photos() -> dict[str, list[Path]]:
     return out
 
 
-def embedder(base: Path) -> Embedder:
+def embedder(base: Path, size: int | None = None) -> Embedder:
     artifact = read_artifact(base, keep_bytes=True)
     model = graph.read_model(artifact.data)
+    if size:
+        model = rewrite.at_size(model, size)
     return Embedder(rewrite.cut_at(model, graph.find_embedding(model)), artifact.metadata, num_threads=2)
 
 
@@ -77,8 +79,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, default=DEFAULT_BASE)
     parser.add_argument("--lab-per-class", type=int, default=150)
+    parser.add_argument("--size", type=int, help="the base's input size (default: as it is)")
     args = parser.parse_args()
-    e = embedder(args.base)
+    e = embedder(args.base, args.size)
     labels = list(CLASSES.values())
     dev = dev_photos()
     x = embed(e, [p for label in labels for p in dev[label]], True)
@@ -91,7 +94,7 @@ def main() -> int:
            for p in rng.permutation(sorted((LAB / label).iterdir()))[:args.lab_per_class]]
     lx = embed(e, [p for p, _ in lab], False)[:, 0]
     ly = np.array([i for _, i in lab])
-    print(f"base {args.base.name}: {len(y)} dev field photos, {len(ty)} tomato blight, {len(ly)} lab")
+    print(f"base {args.base.name} at {e.spec.width} px: {len(y)} dev field photos, {len(ty)} tomato blight, {len(ly)} lab")
     for tomato in (False, True):
         for with_lab in (False, True):
             for tta in (False, True):

@@ -153,6 +153,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction per class carved out for test/ if absent",
     )
     data.add_argument(
+        "--val-from",
+        choices=("train", "test"),
+        default="train",
+        help="without val/: carve it from train/ (default) or from test/; test when train/'s photos are "
+        "near-copies of each other (crops of one photo, frames of one video), which make a val carved from "
+        "them look more familiar than new photos: the epoch is chosen and 'unknown' calibrated on it",
+    )
+    data.add_argument(
         "--seed", type=int, default=42, metavar="N", help="seed for the split, initialization and shuffling"
     )
     data.add_argument("--gradcam-images", type=int, default=6, metavar="N", help="Grad-CAM overlays to write")
@@ -197,6 +205,7 @@ def main(args: argparse.Namespace) -> int:
         class_weights=args.class_weights,
         val_split=args.val_split,
         test_split=args.test_split,
+        val_from=args.val_from,
         patience=args.patience,
         feature_cache=args.feature_cache,
         dropout=args.dropout,

@@ -50,6 +50,7 @@ class TrainConfig:
     class_weights: str = "auto"
     val_split: float = 0.15
     test_split: float = 0.15
+    val_from: str = "train"
     patience: int = 5
     feature_cache: str = "auto"
     dropout: float = 0.2
@@ -114,11 +115,13 @@ class TrainConfig:
             raise TrainError(
                 "--weights none trains in one stage of --epochs (no fine-tuning stage); give --epochs N"
             )
+        if self.val_from not in ("train", "test"):
+            raise TrainError(f"--val-from must be train or test, got {self.val_from!r}")
         for name in ("val_split", "test_split"):
             value = getattr(self, name)
-            if not 0 < value < 0.5:
+            if not 0 < value < 0.5 and not (name == "val_split" and self.val_from == "test" and 0 < value < 0.9):
                 raise TrainError(f"--{name.replace('_', '-')} must be between 0 and 0.5, got {value}")
-        if self.val_split + self.test_split >= 0.8:
+        if self.val_from == "train" and self.val_split + self.test_split >= 0.8:
             raise TrainError(
                 "--val-split plus --test-split leave too little to train on; keep their sum under 0.8"
             )

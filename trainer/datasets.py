@@ -27,14 +27,15 @@ log = logging.getLogger("edgecls")
 # Below this many bytes of decoded pixels the cache stays in memory; above, it goes to a file.
 MEMORY_CACHE_LIMIT_BYTES = 1 << 30
 
-def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed: int = 42) -> Dataset:
+def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed: int = 42,
+         val_from: str = "train") -> Dataset:
     """:func:`edge_app.runtime.dataset.scan` with the trainer's error (at least two classes).
 
     Example:
         >>> ds = scan(Path("plants"), seed=1)
         >>> ds.labels, len(ds.splits["test"])
     """
-    return scan_folders(data_dir, val_split, test_split, seed, min_classes=2, error=TrainError)
+    return scan_folders(data_dir, val_split, test_split, seed, min_classes=2, error=TrainError, val_from=val_from)
 
 
 # ----------------------------------------------------------------------------------------- tf.data

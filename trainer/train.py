@@ -47,7 +47,7 @@ def run(config: TrainConfig) -> Path:
         >>> (run_dir / "metrics.json").exists()
         True
     """
-    dataset = scan(config.data_dir, config.val_split, config.test_split, config.seed)
+    dataset = scan(config.data_dir, config.val_split, config.test_split, config.seed, config.val_from)
     log_summary(dataset)
     class_cards = _read_cards(config, dataset.labels)  # a bad cards file fails now, not after an hour of training
     work = config.out.parent / f".{config.out.name}.partial"

@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-field", action="store_true",
                         help="DATA itself holds field photos (the kiosk's labelled frames): weighed as field photos "
                              "against what a learned --base remembers of its lab photos")
+    parser.add_argument("--input-size", type=int, default=None, metavar="N",
+                        help="run the base at N×N pixels (default: its own size); 320 keeps a field photo's lesions: "
+                             "+5 points on field leaves for 2× the compute a frame (docs/field.md)")
     parser.add_argument("--classes", default=None, metavar="FILE",
                         help="class cards (YAML: per class and language a name, description and advice); the base's "
                              "cards are kept for its classes, the file's win; unset: DATA/classes.yaml when there is one")
@@ -91,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
         compare=Path(args.compare) if args.compare else None, overwrite=args.overwrite,
         unknown_accept=args.unknown_accept, unknown_check=Path(args.unknown_check) if args.unknown_check else None,
         field=Path(args.field) if args.field else None, field_map=tuple(args.field_map or ()), field_weight=args.field_weight,
-        as_field=args.as_field, classes=Path(args.classes) if args.classes else None))
+        as_field=args.as_field, input_size=args.input_size, classes=Path(args.classes) if args.classes else None))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -51,6 +51,7 @@ log = logging.getLogger("edgecls")
 MODELS = Path(__file__).parent / "models"
 DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
 SAMPLES_PER_CLASS = 128
+MIN_SIZE, MAX_SIZE = 32, 1024  # --input-size: a backbone's stride (32) up to what a frame holds
 KEEP_MARGIN = 2.0  # --keep-classes: logits by which a new class beats the old ones on its own photos
 
 
@@ -76,6 +77,9 @@ class LearnConfig:
             are kept first in the reference set, and their held-out part sets the ``unknown`` threshold too.
         as_field: DATA's own photos are field photos (the kiosk's labelled frames), weighed as ``field`` photos
             against what a learned base remembers of its (lab) photos.
+        input_size: run the base at this many pixels square (:func:`edge_app.runtime.rewrite.at_size`): more
+            pixels keep a field photo's lesions (320 for field leaves, docs/field.md); ``None`` = the base's own.
+            A learned base keeps the size its remembered photos were embedded at.
         classes: a class cards file (:mod:`edge_app.runtime.cards`) for the classes; ``None`` takes
             ``DATA/classes.yaml`` when there is one. The base's cards are kept for every class of the new model
             that has one there; the file's win, card by card (class and language).
@@ -107,6 +111,7 @@ class LearnConfig:
     field_weight: float = 0.5
     as_field: bool = False
     classes: Path | None = None
+    input_size: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__.__get__(self)
@@ -133,6 +138,8 @@ class LearnConfig:
                             "photos (FIELD/<class>/*.jpg)")
         if self.field_map and self.field is None:
             raise ConfigError("--field-map needs --field FIELD")
+        if self.input_size is not None and not MIN_SIZE <= self.input_size <= MAX_SIZE:
+            raise ConfigError(f"--input-size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {self.input_size}")
         if self.as_field and self.field is not None:
             raise ConfigError("--as-field says DATA holds field photos; give them as DATA or as --field, not both")
         if not self.data.is_dir():
@@ -158,6 +165,7 @@ def learn(config: LearnConfig) -> dict:
     base = artifact.data
     model = graph.read_model(base, f"--base {base_path}")
     state = read_state(base, base_path)
+    model = _at_input_size(model, config.input_size, state, base_path)
     embedding = graph.find_embedding(model, config.embedding or (artifact.metadata.get("learn") or {}).get("embedding"))
     log.info("base %s: embedding %s %s (%s, %d values)%s", base_path.name, embedding.name, list(embedding.shape),
              embedding.dtype, embedding.width,
@@ -247,6 +255,7 @@ def learn(config: LearnConfig) -> dict:
     report = {
         "schema": "edgecls.learn/1", "model": str(config.out), "base": str(base_path), "data": str(config.data),
         "embedding": {"name": embedding.name, "width": embedding.width, "dtype": embedding.dtype},
+        "input_size": [embedder.spec.height, embedder.spec.width],
         "head": head.kind, "labels": labels, "new_labels": [label for label in labels if label not in old_labels],
         "kept_labels": old_labels, "images": {part: int(len(t)) for part, (_, t) in raw.items()},
         "images_per_class": {label: int(n) for label, n in zip(labels, counts, strict=True)},
@@ -257,6 +266,24 @@ def learn(config: LearnConfig) -> dict:
     report["latency_p50_ms"] = _latency(config.out, base_path, config)
     write_reports(config.out, report)
     return report
+
+
+def _at_input_size(model, size: int | None, state: dict | None, base_path: Path):
+    """The base at ``--input-size`` (the model as it is without one)."""
+    if size is None:
+        return model
+    own = [int(d) for d in model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].shape[1:3]]
+    if own == [size, size]:
+        return model
+    if state is not None:
+        raise ConfigError(f"--input-size {size}: {base_path} was learned at {own[0]}×{own[1]} and remembers its photos "
+                          f"at that size; learn at {own[0]} (leave out --input-size), or learn again on its own base")
+    try:
+        resized = rewrite.at_size(model, size)
+    except ModelError as e:
+        raise ModelError(f"--input-size {size}: {base_path}: {e}") from e
+    log.info("base %s at %d×%d pixels (was %d×%d)", base_path.name, size, size, *own)
+    return resized
 
 
 def _latency(model: Path, base: Path, config: LearnConfig) -> dict:
@@ -371,6 +398,8 @@ def _metadata(base_metadata: dict, base_path: Path, base: bytes, embedding, head
             if k in base_metadata}
     if config.mean is not None:
         keep.update(mean=list(config.mean), std=list(config.std))
+    if config.input_size is not None:
+        keep["input_size"] = [config.input_size, config.input_size]
     return {"format": "edgecls/1", **keep, "output": "probabilities", "num_classes": len(labels), "quant": "learned",
             "source_model": base_path.name, "edgecls_version": __version__,
             "learn": {"embedding": embedding.name, "head": head.kind, "base_sha256": hashlib.sha256(base).hexdigest(),

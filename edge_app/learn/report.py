@@ -24,7 +24,8 @@ def _pct(x) -> str:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# `{Path(report['model']).name}`: learned on `{report['data']}`", "",
-             f"Base `{Path(report['base']).name}`, embedding `{report['embedding']['name']}` "
+             f"Base `{Path(report['base']).name}` at {'×'.join(map(str, report.get('input_size') or ['?']))} px, "
+             f"embedding `{report['embedding']['name']}` "
              f"({report['embedding']['width']} values, {report['embedding']['dtype']}); head **{report['head']}**; "
              f"{len(report['labels'])} classes ({len(report['new_labels'])} new"
              + (f", {len(report['kept_labels'])} kept" if report["kept_labels"] else "") + "). Images: "

@@ -133,8 +133,13 @@ def _verify(paths: list[Path]) -> list[dict]:
 
 
 def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed: int = 42, min_classes: int = 2,
-         error: type[EdgeclsError] = DataError, verify: bool = True) -> Dataset:
+         error: type[EdgeclsError] = DataError, verify: bool = True, val_from: str = "train") -> Dataset:
     """Find classes and images under ``data_dir``, drop unreadable images, and split.
+
+    Without a ``val/`` folder the validation split is carved (``val_split`` per class) from ``train/`` or, with
+    ``val_from="test"``, from ``test/``: when the training photos are near-copies of each other (crops of one
+    photo, frames of one video) a validation split carved from them looks more familiar than any new photo, for
+    choosing the epoch and for calibrating ``unknown``.
 
     Raises:
         DataError (or ``error``): an empty dataset, an empty class folder, a single class, a class left with
@@ -161,6 +166,11 @@ def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed
             )
         found = {"train": _scan_classes(data_dir, error=error)}
         labels = sorted(found["train"])
+    if val_from not in ("train", "test"):
+        raise error(f"the validation split comes from train or test, not {val_from!r}")
+    if val_from == "test" and ("test" not in found or "val" in found):
+        raise error(f"{data_dir}: a validation split carved from test/ needs a test/ folder and no val/ folder "
+                    f"(it has {', '.join(f'{s}/' for s in layout) or 'class folders only'})")
     if len(labels) < min_classes:
         raise error(
             f"{data_dir} has a single class ({labels[0]!r}); a classifier needs at least two class folders"
@@ -189,30 +199,21 @@ def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed
     source = {}
     pool = samples(found["train"])
     fractions = {"val": val_split, "test": test_split}
-    carve = [s for s in ("val", "test") if s not in found and fractions[s] > 0]
     rng = np.random.default_rng(seed)
-    carved: dict[str, list[Sample]] = {s: [] for s in carve}
-    train: list[Sample] = []
-    for index in sorted(pool):
-        files = pool[index]
-        order = rng.permutation(len(files))
-        n_take = {s: max(1, round(len(files) * fractions[s])) for s in carve}
-        if len(files) - sum(n_take.values()) < 1:
-            raise error(
-                f"class {labels[index]!r} has {len(files)} readable images: too few to carve "
-                f"{'/'.join(carve)} splits from it; add images (at least {sum(n_take.values()) + 1}) "
-                "or provide val/ and test/ folders"
-            )
-        start = 0
-        for s in carve:
-            carved[s] += [(files[i], index) for i in order[start : start + n_take[s]]]
-            start += n_take[s]
-        train += [(files[i], index) for i in order[start:]]
+    if val_from == "test":
+        carved, rest = _carve(samples(found["test"]), {"val": val_split}, rng, labels, "test/", error)
+        splits["val"], splits["test"] = sorted(carved["val"]), sorted(rest)
+        source["val"] = f"carved from test/ ({val_split:.0%} per class, seed {seed})"
+        source["test"] = "test/, less the carved val"
+        fractions["val"] = 0.0
+    carve = [s for s in ("val", "test") if s not in found and fractions[s] > 0]
+    where = "train/" if "train" in layout else "the class folders"
+    carved, train = _carve(pool, {s: fractions[s] for s in carve}, rng, labels, where, error)
     splits["train"] = sorted(train)
-    source["train"] = ("train/" if "train" in layout else "the class folders") + (
-        f", less the carved {' and '.join(carve)}" if carve else ""
-    )
+    source["train"] = where + (f", less the carved {' and '.join(carve)}" if carve else "")
     for s in ("val", "test"):
+        if s in splits:
+            continue
         if s in found:
             splits[s] = sorted((f, i) for i, files in samples(found[s]).items() for f in files)
             source[s] = f"{s}/"
@@ -225,6 +226,29 @@ def scan(data_dir: Path, val_split: float = 0.15, test_split: float = 0.15, seed
                 f"({fractions[s]:.0%} per class, seed {seed})"
             )
     return Dataset(data_dir, labels, splits, source, skipped)
+
+
+def _carve(pool: dict[int, list[str]], fractions: dict[str, float], rng, labels: list[str], where: str,
+           error: type[EdgeclsError]) -> tuple[dict[str, list[Sample]], list[Sample]]:
+    """Per class, ``fractions[split]`` of ``pool``'s files (at least one) for each split; the rest stay."""
+    carved: dict[str, list[Sample]] = {s: [] for s in fractions}
+    rest: list[Sample] = []
+    for index in sorted(pool):
+        files = pool[index]
+        order = rng.permutation(len(files))
+        n_take = {s: max(1, round(len(files) * f)) for s, f in fractions.items()}
+        if len(files) - sum(n_take.values()) < 1:
+            raise error(
+                f"class {labels[index]!r} has {len(files)} readable images in {where}: too few to carve "
+                f"{'/'.join(fractions)} splits from it; add images (at least {sum(n_take.values()) + 1}) "
+                "or provide val/ and test/ folders"
+            )
+        start = 0
+        for s in fractions:
+            carved[s] += [(files[i], index) for i in order[start : start + n_take[s]]]
+            start += n_take[s]
+        rest += [(files[i], index) for i in order[start:]]
+    return carved, rest
 
 
 def log_summary(dataset: Dataset) -> None:

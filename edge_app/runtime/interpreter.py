@@ -129,7 +129,7 @@ def xnnpack_wanted(xnnpack: bool | None = None) -> bool:
     return value not in ("off", "0")
 
 
-def _without_default_delegates(runtime: Runtime) -> dict:
+def without_default_delegates(runtime: Runtime) -> dict:
     """The interpreter option that keeps XNNPACK off (LiteRT's ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``)."""
     kinds = getattr(sys.modules.get(runtime.interpreter_class.__module__), "OpResolverType", None)
     if kinds is None:
@@ -168,7 +168,7 @@ def make_interpreter(model: str | Path | ModelArtifact, device: str = "cpu", num
         raise ModelError(f"{path} is compiled for the Coral Edge TPU ({EDGETPU_OP.decode()}) and cannot run on the CPU. "
                          f"Run it with --device edgetpu on a machine with a Coral: {INSTALL_EDGETPU}")
     threads = num_threads or default_num_threads()
-    options = {} if xnnpack_wanted(xnnpack) else _without_default_delegates(runtime)
+    options = {} if xnnpack_wanted(xnnpack) else without_default_delegates(runtime)
     try:
         # Hide "INFO: Created TensorFlow Lite XNNPACK delegate"; real native errors still show.
         with native_stderr_to_log(show=lambda line: bool(line.strip()) and not line.startswith("INFO: ")):

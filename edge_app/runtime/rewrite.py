@@ -4,6 +4,7 @@
 the TPU) and swaps the head for one fitted in numpy: :func:`cut_at` gives the backbone alone, to compute
 embeddings; :func:`with_head` gives the backbone followed by a float32 FULLY_CONNECTED + SOFTMAX, run on the CPU.
 :func:`with_knn` (the runtime's, at load) appends the ``unknown`` score to a model that carries a reference set.
+:func:`at_size` gives the graph another input size (``learn --input-size``).
 Only numpy and ai-edge-litert's flatbuffer schema: no TensorFlow, so it runs on the device.
 """
 
@@ -13,18 +14,20 @@ import copy
 
 import numpy as np
 
-from edge_app.runtime.errors import ModelError
+from edge_app.runtime.errors import ModelError, first_line
 from edge_app.runtime.graph import (
     CUT_OUTPUT_NAME,
     OUTPUT_NAME,
     Embedding,
     check_belongs,
     flatbuffer_utils,
+    op_type,
     read_model,
     schema,
     tensor_name,
     tensor_producers,
 )
+from edge_app.runtime.interpreter import load_runtime, without_default_delegates
 
 KNN_PREFIX = "novelty/"  # the names of the tensors with_knn adds
 SIMILARITY_NAME = KNN_PREFIX + "similarity"  # its output
@@ -292,3 +295,71 @@ def _drop_stale_metadata(model) -> None:
 
 def _serialize(model) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def at_size(model, size: int):
+    """A copy of ``model`` whose input is ``size`` × ``size`` pixels (a convolutional backbone computes the same
+    features on more pixels: a field photo's lesions keep their detail). Global average pools become MEAN over
+    height and width, which fits any size; every tensor's stored shape is then the one the interpreter computes.
+    The model as it is when its input already has that size.
+
+    Raises:
+        ModelError: no single [1, H, W, C] input, a compiled Edge TPU graph, or a graph that fixes its size
+            elsewhere (a flatten before a dense layer): it cannot take another size.
+    """
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != 1 or len(graph.tensors[graph.inputs[0]].shape) != 4:
+        raise ModelError("only a model with one [1, height, width, channels] image input can change its input size")
+    if list(graph.tensors[graph.inputs[0]].shape[1:3]) == [size, size]:
+        return model
+    if any(code.customCode for code in model.operatorCodes or []):
+        raise ModelError("a model with custom ops (an Edge TPU graph) keeps the input size it was compiled for")
+    out = copy.deepcopy(model)
+    graph = out.subgraphs[0]
+    for op in graph.operators:
+        if _is_global_average_pool(out, op):
+            axes = _add_tensor(graph, f"{tensor_name(graph, op.inputs[0])}/mean_axes", (2,),
+                               _add_buffer(out, np.array([1, 2]), "<i4"), dtype=schema.TensorType.INT32)
+            options = schema.ReducerOptionsT()
+            options.keepDims = True
+            op.opcodeIndex = _operator_code(out, schema.BuiltinOperator.MEAN, 2)
+            op.inputs = [op.inputs[0], axes]
+            op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.ReducerOptions, options
+    _drop_unused_operator_codes(out)
+    source = graph.tensors[graph.inputs[0]]
+    source.shape = [int(source.shape[0]), size, size, int(source.shape[3])]
+    if source.shapeSignature is not None:
+        source.shapeSignature = [int(source.shapeSignature[0]), size, size, int(source.shapeSignature[3])]
+    # The interpreter's own kernels propagate the new shapes (a delegate would keep the stored ones).
+    runtime = load_runtime()
+    try:
+        interpreter = runtime.interpreter_class(model_content=_serialize(out), num_threads=1,
+                                                **without_default_delegates(runtime))
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]  # shapes computed by ops only meet their readers in an invoke
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"the graph does not take a {size}×{size} input ({first_line(e)}): its layers fix the "
+                         f"size it was built for") from e
+    outputs = {int(i): list(graph.tensors[i].shape) for i in graph.outputs}
+    for detail in interpreter.get_tensor_details():
+        if detail["index"] >= len(graph.tensors):  # the interpreter's own scratch tensors
+            continue
+        tensor = graph.tensors[detail["index"]]
+        if tensor.shape is not None and len(detail["shape"]) == len(tensor.shape):
+            tensor.shape = [int(d) for d in detail["shape"]]
+    changed = [tensor_name(graph, i) for i, shape in outputs.items() if list(graph.tensors[i].shape) != shape]
+    if changed:  # a flatten before a dense layer: it would run, reading the wrong values
+        raise ModelError(f"at {size}×{size} its output {changed[0]} changes shape: its layers fix the size it was "
+                         f"built for")
+    return out
+
+
+def _is_global_average_pool(model, op) -> bool:
+    """An AVERAGE_POOL_2D whose window is its whole input: a global pool, fixed to one input size."""
+    if op_type(model, op) != "AVERAGE_POOL_2D":
+        return False
+    shape = list(model.subgraphs[0].tensors[op.inputs[0]].shape)
+    options = op.builtinOptions
+    return len(shape) == 4 and [options.filterHeight, options.filterWidth] == shape[1:3]

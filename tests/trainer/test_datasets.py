@@ -44,6 +44,27 @@ def test_train_val_test_folders_are_used_and_missing_test_is_carved(tmp_path):
     assert len(ds.splits["val"]) == 12 and len(ds.splits["test"]) == 15 and len(ds.splits["train"]) == 45
 
 
+def test_val_from_test_carves_val_out_of_test_and_leaves_train_whole(tmp_path):
+    """--val-from test: train/'s near-copies stay out of val (what chooses the epoch and calibrates 'unknown')."""
+    write_dataset(tmp_path / "d" / "train", per_class=20, mixed=False)
+    write_dataset(tmp_path / "d" / "test", per_class=8, mixed=False, seed=1)
+    ds = scan(tmp_path / "d", val_split=0.5, seed=0, val_from="test")
+    assert all(rel.startswith("train/") for rel, _ in ds.splits["train"]) and len(ds.splits["train"]) == 60
+    assert all(rel.startswith("test/") for rel, _ in ds.splits["val"] + ds.splits["test"])
+    assert len(ds.splits["val"]) == len(ds.splits["test"]) == 12
+    assert not {rel for rel, _ in ds.splits["val"]} & {rel for rel, _ in ds.splits["test"]}
+    assert ds.split_source["val"].startswith("carved from test/") and ds.split_source["train"] == "train/"
+    assert scan(tmp_path / "d", val_split=0.5, seed=0, val_from="test").splits == ds.splits  # seeded
+    write_dataset(tmp_path / "flat", per_class=10, mixed=False)
+    with pytest.raises(TrainError, match="needs a test/ folder and no val/ folder"):
+        scan(tmp_path / "flat", val_from="test")
+    with pytest.raises(TrainError, match="--val-from must be train or test"):
+        TrainConfig(tmp_path / "d", tmp_path / "r", val_from="val")
+    assert TrainConfig(tmp_path / "d", tmp_path / "r", val_from="test", val_split=0.5).val_split == 0.5
+    with pytest.raises(TrainError, match="--val-split must be between 0 and 0.5"):
+        TrainConfig(tmp_path / "d", tmp_path / "r", val_split=0.5)
+
+
 def test_val_class_unknown_to_train_is_an_error(tmp_path):
     write_dataset(tmp_path / "d" / "train", per_class=5, mixed=False)
     write_dataset(tmp_path / "d" / "val", per_class=2, classes=("discs", "weeds"), mixed=False)

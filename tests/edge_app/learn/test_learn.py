@@ -106,6 +106,34 @@ def test_extending_a_learned_model_without_its_photos(learned, tmp_path):
     assert not (tmp_path / "x.tflite").exists()
 
 
+def test_input_size_runs_the_base_on_more_pixels(learned, tmp_path):
+    """--input-size 320: the learned model takes 320 px (its metadata and report say so) and classifies as the
+    runtime runs it; a learned base keeps the size it remembers its photos at; an Edge TPU base keeps its own."""
+    data = potato_subset(tmp_path / "data", per_class=6)
+    out = tmp_path / "large.tflite"
+    proc = run_cli("learn", data, "--out", out, "--input-size", "320", "--threads", "2")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.with_suffix(".learn.json").read_text())
+    assert report["input_size"] == [320, 320] and "at 320×320 px" in out.with_suffix(".learn.md").read_text()
+    model = ImageClassifier(out, num_threads=1)
+    assert model.input_size == (320, 320) and read_artifact(out).metadata["input_size"] == [320, 320]
+    photo = sorted((POTATO / POTATO_CLASSES[0]).iterdir())[-1]
+    assert model.classify(read_image(photo), top_k=1)[0].label in POTATO_CLASSES
+    more = run_cli("learn", data, "--base", out, "--out", tmp_path / "more.tflite")  # Apply: the base's size
+    assert more.returncode == 0, more.stderr
+    assert ImageClassifier(tmp_path / "more.tflite", num_threads=1).input_size == (320, 320)
+    base, _ = learned
+    proc = run_cli("learn", data, "--base", base, "--input-size", "320", "--out", tmp_path / "x.tflite")
+    assert proc.returncode == 2 and "learned at 224×224" in proc.stderr.splitlines()[-1]
+    proc = run_cli("learn", data, "--base", SHARED / "models" /
+                   "mobilenet_v1_1.0_224_quant_embedding_extractor_edgetpu.tflite", "--device", "edgetpu",
+                   "--input-size", "320", "--out", tmp_path / "x.tflite")
+    assert proc.returncode == 2 and "--input-size 320" in proc.stderr.splitlines()[-1], proc.stderr
+    proc = run_cli("learn", data, "--input-size", "8", "--out", tmp_path / "x.tflite")
+    assert proc.returncode == 2 and "--input-size must be between" in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "x.tflite").exists()
+
+
 def test_keep_classes_adds_a_class_to_coral_imagenet(tmp_path):
     data = potato_subset(tmp_path / "data", classes=("Potato___healthy",), per_class=10)
     out = tmp_path / "imagenet+leaf.tflite"

@@ -14,7 +14,7 @@ from support import BIRD_MODEL, EDGETPU_MODEL, IMAGENET_MODEL, IMAGES, REPO
 from edge_app.runtime import embed_metadata
 from edge_app.runtime.errors import ModelError
 from edge_app.runtime.graph import Embedding, classifier_weights, find_embedding, read_model
-from edge_app.runtime.rewrite import cut_at, with_head
+from edge_app.runtime.rewrite import at_size, cut_at, with_head
 
 IMAGENET_EMBEDDING = "MobilenetV2/Logits/AvgPool"
 
@@ -289,6 +289,48 @@ def test_float_and_int8_keras_models(shared):
             scale, zero_point = head.get_input_details()[0]["quantization"]
             image = np.clip(np.round(image / scale + zero_point), -128, 127).astype(np.int8)
         np.testing.assert_allclose(_run(head, image), expected, atol=0.01 if dtype == "int8" else 1e-5)
+
+
+def test_at_size_runs_the_backbone_on_more_pixels(imagenet):
+    """The shipped MobileNetV2 at 320 px: its global pool becomes a MEAN, every stored shape is the one the
+    interpreter computes, its embedding keeps its shape, and with its own classifier it still knows its photos."""
+    data, model, embedding = imagenet
+    assert at_size(model, 224) is model
+    resized = at_size(model, 320)
+    graph = resized.subgraphs[0]
+    assert list(graph.tensors[graph.inputs[0]].shape) == [1, 320, 320, 3]
+    assert list(model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].shape) == [1, 224, 224, 3]  # untouched
+    ops = _ops(cut_at(resized, find_embedding(resized)))
+    assert ops[-1] == "MEAN" and "AVERAGE_POOL_2D" not in ops
+    assert find_embedding(resized).shape == embedding.shape == (1, 1, 1, 1280)
+    head = with_head(resized, find_embedding(resized), *classifier_weights(model, embedding))
+    interpreter = _interpreter(head, preserve=True)
+    stored = read_model(head).subgraphs[0].tensors
+    for detail in interpreter.get_tensor_details():
+        if detail["index"] < len(stored) and len(stored[detail["index"]].shape) == len(detail["shape"]):
+            assert list(stored[detail["index"]].shape) == list(detail["shape"]), detail["name"]
+    original = _interpreter(data)
+    for name in ("parrot.jpg", "grace_hopper.bmp"):
+        bgr = cv2.imread(str(IMAGES / name))
+        large = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (320, 320), interpolation=cv2.INTER_AREA)[None]
+        assert _run(interpreter, large).argmax() == _run(original, _image(name)).argmax(), name
+
+
+def test_at_size_refuses_graphs_that_fix_their_size(extractor):
+    """An Edge TPU graph is compiled for one size; a flatten before a dense layer would run and read the wrong
+    values (its reshape fails only when invoked): both are one clear error."""
+    with pytest.raises(ModelError, match="Edge TPU"):
+        at_size(extractor[1], 320)
+    tf = pytest.importorskip("tensorflow")
+    keras = tf.keras
+    flat = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                             keras.layers.Dense(3)])
+    with pytest.raises(ModelError, match="fix the size it was built for"):
+        at_size(read_model(tf.lite.TFLiteConverter.from_keras_model(flat).convert()), 32)
+    pooled = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3),
+                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    resized = at_size(read_model(tf.lite.TFLiteConverter.from_keras_model(pooled).convert()), 32)
+    assert list(resized.subgraphs[0].tensors[resized.subgraphs[0].inputs[0]].shape) == [1, 32, 32, 3]
 
 
 def test_imports_no_tensorflow():
