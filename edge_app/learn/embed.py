@@ -2,7 +2,7 @@
 
 Decode and pre-processing are the runtime's (``read_image`` at the input's decode size, then
 ``preprocess`` with the base's normalization), so an embedding here is the one the learned model
-computes on the device. Decoding runs in a small thread pool a few images ahead of the interpreter
+computes on the device (:func:`at_input_size`: the base at ``--input-size``). Decoding runs in a small thread pool a few images ahead of the interpreter
 (OpenCV releases the GIL), as the live pipeline overlaps capture with inference. Memory holds the
 embeddings and a window of decoded images, never the dataset.
 """
@@ -18,13 +18,34 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app.runtime import InputSpec, make_interpreter, preprocess, read_image
-from edge_app.runtime.errors import ImageError
+from edge_app.runtime import InputSpec, make_interpreter, preprocess, read_image, rewrite
+from edge_app.runtime.errors import ConfigError, ImageError, ModelError
 from edge_app.runtime.progress import progress
 
 log = logging.getLogger("edgecls")
 
 WINDOW = 8  # decoded images in flight ahead of the interpreter
+MIN_SIZE, MAX_SIZE = 32, 1024  # --input-size: a backbone's stride (32) up to what a frame holds
+
+
+def at_input_size(model, size: int | None, state: dict | None, base_path: Path):
+    """The base's graph at ``--input-size`` (as it is without one): a learned base stays at the size its
+    remembered photos were embedded at."""
+    if size is None:
+        return model
+    own = [int(d) for d in model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].shape[1:3]]
+    if own == [size, size]:
+        return model
+    if state is not None:
+        raise ConfigError(f"--input-size {size}: {base_path} was learned at {own[0]}×{own[1]} and remembers its "
+                          f"photos at that size; learn at {own[0]} (leave out --input-size), or learn again on its "
+                          f"own base")
+    try:
+        resized = rewrite.at_size(model, size)
+    except ModelError as e:
+        raise ModelError(f"--input-size {size}: {base_path}: {e}") from e
+    log.info("base %s at %d×%d pixels (was %d×%d)", base_path.name, size, size, *own)
+    return resized
 
 
 class Embedder:

@@ -25,7 +25,7 @@ import numpy as np
 from edge_app.learn import data as photos
 from edge_app.learn import heads
 from edge_app.learn import unknown as unknown_set
-from edge_app.learn.embed import Embedder
+from edge_app.learn.embed import MAX_SIZE, MIN_SIZE, Embedder, at_input_size
 from edge_app.learn.report import evaluate, write_reports
 from edge_app.learn.state import STATE, read_state, state_bytes
 from edge_app.runtime import cards, graph, novelty, rewrite
@@ -51,7 +51,6 @@ log = logging.getLogger("edgecls")
 MODELS = Path(__file__).parent / "models"
 DEFAULT_BASE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
 SAMPLES_PER_CLASS = 128
-MIN_SIZE, MAX_SIZE = 32, 1024  # --input-size: a backbone's stride (32) up to what a frame holds
 KEEP_MARGIN = 2.0  # --keep-classes: logits by which a new class beats the old ones on its own photos
 
 
@@ -165,7 +164,7 @@ def learn(config: LearnConfig) -> dict:
     base = artifact.data
     model = graph.read_model(base, f"--base {base_path}")
     state = read_state(base, base_path)
-    model = _at_input_size(model, config.input_size, state, base_path)
+    model = at_input_size(model, config.input_size, state, base_path)
     embedding = graph.find_embedding(model, config.embedding or (artifact.metadata.get("learn") or {}).get("embedding"))
     log.info("base %s: embedding %s %s (%s, %d values)%s", base_path.name, embedding.name, list(embedding.shape),
              embedding.dtype, embedding.width,
@@ -266,24 +265,6 @@ def learn(config: LearnConfig) -> dict:
     report["latency_p50_ms"] = _latency(config.out, base_path, config)
     write_reports(config.out, report)
     return report
-
-
-def _at_input_size(model, size: int | None, state: dict | None, base_path: Path):
-    """The base at ``--input-size`` (the model as it is without one)."""
-    if size is None:
-        return model
-    own = [int(d) for d in model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]].shape[1:3]]
-    if own == [size, size]:
-        return model
-    if state is not None:
-        raise ConfigError(f"--input-size {size}: {base_path} was learned at {own[0]}×{own[1]} and remembers its photos "
-                          f"at that size; learn at {own[0]} (leave out --input-size), or learn again on its own base")
-    try:
-        resized = rewrite.at_size(model, size)
-    except ModelError as e:
-        raise ModelError(f"--input-size {size}: {base_path}: {e}") from e
-    log.info("base %s at %d×%d pixels (was %d×%d)", base_path.name, size, size, *own)
-    return resized
 
 
 def _latency(model: Path, base: Path, config: LearnConfig) -> dict:
