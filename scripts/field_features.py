@@ -6,8 +6,13 @@ photo is embedded whole and as five crops (four corners and the centre, 60% of e
 field photos (same pathogens), with or without lab photos (weighted to 30% of the mass), scored on the held-out
 fold whole or averaged over the crops (multi-crop at inference: 6 invokes a frame). 5 folds × 3 seeds.
 
+``--pooled``: the dev potato photos and the tomato blight ones in one pool (101 photos, so half the noise),
+5 folds × 4 seeds, lab photos always at 30%, scored on the held-out photos whole, with a flipped copy, or over
+the crops: what docs/field.md compares input sizes (``--size``) and centre crops (``--centre``) with.
+
     .venv/bin/python scripts/field_features.py                       # the shipped ImageNet MobileNetV2
     .venv/bin/python scripts/field_features.py --base ../shared/models/mobilenet_v2_1.0_224_inat_bird_quant.tflite
+    .venv/bin/python scripts/field_features.py --pooled --size 320 --centre 0.8
 """
 
 from __future__ import annotations
@@ -51,18 +56,27 @@ def embedder(base: Path, size: int | None = None) -> Embedder:
 
 
 def crops(image: np.ndarray) -> list[np.ndarray]:
+    """The photo, its four corners and centre at 60% of each side, and the photo flipped left-right."""
     h, w = image.shape[:2]
     ch, cw = int(h * 0.6), int(w * 0.6)
     corners = [(0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw), ((h - ch) // 2, (w - cw) // 2)]
-    return [image] + [np.ascontiguousarray(image[y:y + ch, x:x + cw]) for y, x in corners]
+    return [image] + [np.ascontiguousarray(image[y:y + ch, x:x + cw]) for y, x in corners] + \
+        [np.ascontiguousarray(image[:, ::-1])]
 
 
-def embed(e: Embedder, paths: list[Path], all_crops: bool) -> np.ndarray:
-    """[N, crops, D] unit rows (crops = 6, or 1)."""
+def centred(image: np.ndarray, share: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    ch, cw = int(h * share), int(w * share)
+    return np.ascontiguousarray(image[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw])
+
+
+def embed(e: Embedder, paths: list[Path], all_crops: bool, centre: float = 1.0) -> np.ndarray:
+    """[N, views, D] unit rows (views = 7: the photo, five crops and the flipped photo; or 1)."""
     out = []
     for path in paths:
         rows = []
-        for part in crops(read_image(path)) if all_crops else [read_image(path)]:
+        image = centred(read_image(path), centre)
+        for part in crops(image) if all_crops else [image]:
             pixels = cv2.resize(part, (e.spec.width, e.spec.height), interpolation=cv2.INTER_AREA)
             e.interpreter.set_tensor(e._input, preprocess(pixels, e.spec))
             e.interpreter.invoke()
@@ -80,21 +94,27 @@ def main() -> int:
     parser.add_argument("--base", type=Path, default=DEFAULT_BASE)
     parser.add_argument("--lab-per-class", type=int, default=150)
     parser.add_argument("--size", type=int, help="the base's input size (default: as it is)")
+    parser.add_argument("--centre", type=float, default=1.0, help="every photo cut to this share of its centre first")
+    parser.add_argument("--pooled", action="store_true", help="dev potato and tomato blight photos in one pool")
     args = parser.parse_args()
     e = embedder(args.base, args.size)
     labels = list(CLASSES.values())
     dev = dev_photos()
-    x = embed(e, [p for label in labels for p in dev[label]], True)
+    x = embed(e, [p for label in labels for p in dev[label]], True, args.centre)
     y = np.array([i for i, label in enumerate(labels) for _ in dev[label]])
     tomato_paths = [(p, labels.index(label)) for folder, label in TOMATO.items() for p in sorted((FIELD / folder).iterdir())]
-    tx = embed(e, [p for p, _ in tomato_paths], True)
+    tx = embed(e, [p for p, _ in tomato_paths], True, args.centre)
     ty = np.array([i for _, i in tomato_paths])
     rng = np.random.default_rng(0)
     lab = [(p, i) for i, label in enumerate(labels)
            for p in rng.permutation(sorted((LAB / label).iterdir()))[:args.lab_per_class]]
-    lx = embed(e, [p for p, _ in lab], False)[:, 0]
+    lx = embed(e, [p for p, _ in lab], False, args.centre)[:, 0]
     ly = np.array([i for _, i in lab])
     print(f"base {args.base.name} at {e.spec.width} px: {len(y)} dev field photos, {len(ty)} tomato blight, {len(ly)} lab")
+    if args.pooled:
+        return pooled(np.concatenate([x, tx]), np.concatenate([y, ty]), len(y), lx, ly)
+    x = x[:, :6]  # the table below: the photo and its five crops
+    tx = tx[:, :6]
     for tomato in (False, True):
         for with_lab in (False, True):
             for tta in (False, True):
@@ -117,6 +137,28 @@ def main() -> int:
                         scores.append(float((clf.predict(queries) == y[test]).mean()))
                 print(f"tomato {'yes' if tomato else 'no ':3s}  lab {'yes' if with_lab else 'no ':3s}  multi-crop "
                       f"{'yes' if tta else 'no ':3s}: {100 * np.mean(scores):.1f}% (± {100 * np.std(scores) / np.sqrt(len(scores)):.1f})")
+    return 0
+
+
+def pooled(x: np.ndarray, y: np.ndarray, potato: int, lx: np.ndarray, ly: np.ndarray) -> int:
+    """Cross-validation on one pool (the first ``potato`` rows are potato photos), lab photos at 30% of the fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    is_potato = np.arange(len(y)) < potato
+    for name, views in (("whole", [0]), ("flipped too", [0, 6]), ("five crops", [0, 1, 2, 3, 4, 5])):
+        on_potato, on_all = [], []
+        for seed in range(4):
+            for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y * 2 + is_potato):
+                n = len(train)
+                clf = LogisticRegression(max_iter=3000, class_weight="balanced")
+                clf.fit(np.concatenate([x[train, 0], lx]), np.concatenate([y[train], ly]),
+                        sample_weight=np.concatenate([np.ones(n), np.full(len(ly), 0.3 / 0.7 * n / len(ly))]))
+                right = clf.predict(x[test][:, views].mean(axis=1)) == y[test]
+                on_potato.append(right[is_potato[test]].mean())
+                on_all.append(right.mean())
+        print(f"scored {name:11s}: potato {100 * np.mean(on_potato):.1f}%, all {100 * np.mean(on_all):.1f}% "
+              f"(± {100 * np.std(on_all) / np.sqrt(len(on_all)):.1f})")
     return 0
 
 
