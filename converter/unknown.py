@@ -111,7 +111,7 @@ def attach(variant: Variant, train: list, val: list, test: list, config, threads
                 f"'unknown' accepts {100 * report['test']['known_accepted']:.0f}% of the check images, set for "
                 f"{100 * config.unknown_accept:.0f}% on {fitted.calibrated_on}: those look more like the training "
                 "photos than the check images do (carved from the same photos?). New photos will be called unknown "
-                "more often than planned: give val/ photos taken apart from train/, or a higher --unknown-accept")
+                "more often than planned: give val/ photos taken apart from train/, or train with --val-from test")
             variant.warnings.append(warning)
             log.warning("%s: %s", variant.quant, warning)
     if config.unknown_check is not None and known is not None:
