@@ -106,7 +106,7 @@ def _train(data: Path, config: DemoConfig) -> Path:
         settings = dict(epochs=10, fine_tune_epochs=3, gradcam_images=6)
     # The bundled train/ patches are overlapping crops of a few photos, test/'s come from other regions of them:
     # a val carved from train/ would hold near-copies of the training patches and set 'unknown' too tight
-    # (measured: 14 of 110 known frames of the live video called 'unknown'). Half of test/ is val instead.
+    # (measured: 14 of the live video's 100 texture frames called 'unknown'). Half of test/ is val instead.
     if (data / "train").is_dir() and (data / "test").is_dir() and not (data / "val").is_dir():
         settings.update(val_from="test", val_split=0.5)
     return Path(train(TrainConfig(data_dir=data, out=config.out, backbone="mobilenet_v2", weights=SHIPPED,

@@ -2,9 +2,9 @@
 
 Decode and pre-processing are the runtime's (``read_image`` at the input's decode size, then
 ``preprocess`` with the base's normalization), so an embedding here is the one the learned model
-computes on the device (:func:`at_input_size`: the base at ``--input-size``). Decoding runs in a small thread pool a few images ahead of the interpreter
-(OpenCV releases the GIL), as the live pipeline overlaps capture with inference. Memory holds the
-embeddings and a window of decoded images, never the dataset.
+computes on the device (:func:`at_input_size`: the base at ``--input-size``). Decoding runs in a small
+thread pool a few images ahead of the interpreter (OpenCV releases the GIL), as the live pipeline overlaps
+capture with inference. Memory holds the embeddings and a window of decoded images, never the dataset.
 """
 
 from __future__ import annotations
