@@ -205,6 +205,18 @@ def running_kiosk(tmp_path: Path, source: Path | None = None, collected: int = 6
 PARROT, BIRD_PARROT = "macaw", "Ara macao (Scarlet Macaw)"
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (a clean stop: the process says goodbye), then SIGKILL if it is still there after ``timeout``."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def replace_atomically(model: Path, data: bytes) -> None:
     tmp = model.with_name(".incoming.tflite")
     tmp.write_bytes(data)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import time
 
 import pytest
 from broker_support import Broker, broker_kind, free_port, wait_until
-from support import BIRD_MODEL, IMAGENET_MODEL, REPO, SHARED, run_cli, write_video
+from support import BIRD_MODEL, IMAGENET_MODEL, REPO, SHARED, run_cli, stop_process, write_video
 
 from edge_app.runtime.broker import KINDS
 
@@ -152,12 +151,7 @@ def kiosk(brokers, tmp_path):
 
     yield start
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def fleet(*args, timeout: float = 120):

@@ -10,7 +10,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import BIRD_MODEL, IMAGENET_MODEL, REPO, TOKEN, Kiosk, free_port, missing, write_video
+from support import (
+    BIRD_MODEL,
+    IMAGENET_MODEL,
+    REPO,
+    TOKEN,
+    Kiosk,
+    free_port,
+    missing,
+    stop_process,
+    write_video,
+)
 
 from edge_app import __version__
 from edge_app.frames.sinks import Result
@@ -56,12 +65,7 @@ def edgecls_run(tmp_path: Path, video: Path, *args: str, model: Path | None = No
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     assert proc.returncode == 0, errors.read_text()[-3000:]
 
 
