@@ -157,24 +157,33 @@ def main() -> int:
 
 def pooled(x: np.ndarray, y: np.ndarray, potato: int, lx: np.ndarray, ly: np.ndarray) -> int:
     """Cross-validation on one pool (the first ``potato`` rows are potato photos), lab photos at 30% of the fit."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-
-    is_potato = np.arange(len(y)) < potato
     for name, views in (("whole", [0]), ("flipped too", [0, 6]), ("five crops", [0, 1, 2, 3, 4, 5])):
-        on_potato, on_all = [], []
-        for seed in range(4):
-            for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y * 2 + is_potato):
-                n = len(train)
-                clf = LogisticRegression(max_iter=3000, class_weight="balanced")
-                clf.fit(np.concatenate([x[train, 0], lx]), np.concatenate([y[train], ly]),
-                        sample_weight=np.concatenate([np.ones(n), np.full(len(ly), 0.3 / 0.7 * n / len(ly))]))
-                right = clf.predict(x[test][:, views].mean(axis=1)) == y[test]
-                on_potato.append(right[is_potato[test]].mean())
-                on_all.append(right.mean())
+        on_potato, on_all = pool_folds(x[:, 0], y, potato, lx, ly, x[:, views].mean(axis=1))
         print(f"scored {name:11s}: potato {100 * np.mean(on_potato):.1f}%, all {100 * np.mean(on_all):.1f}% "
               f"(± {100 * np.std(on_all) / np.sqrt(len(on_all)):.1f})")
     return 0
+
+
+def pool_folds(x: np.ndarray, y: np.ndarray, potato: int, lx: np.ndarray, ly: np.ndarray,
+               queries: np.ndarray | None = None) -> tuple[list[float], list[float]]:
+    """Share right per fold (on the potato rows, on all): a logistic head on ``x``'s other folds and the lab
+    photos at 30% of the fit, scoring the held-out rows of ``queries`` (default: ``x``). 5 folds × 4 seeds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    queries = x if queries is None else queries
+    is_potato = np.arange(len(y)) < potato
+    on_potato, on_all = [], []
+    for seed in range(4):
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y * 2 + is_potato):
+            n = len(train)
+            clf = LogisticRegression(max_iter=3000, class_weight="balanced")
+            clf.fit(np.concatenate([x[train], lx]), np.concatenate([y[train], ly]),
+                    sample_weight=np.concatenate([np.ones(n), np.full(len(ly), 0.3 / 0.7 * n / len(ly))]))
+            right = clf.predict(queries[test]) == y[test]
+            on_potato.append(float(right[is_potato[test]].mean()))
+            on_all.append(float(right.mean()))
+    return on_potato, on_all
 
 
 def field_pool(dev: dict[str, list[Path]]) -> tuple[list[tuple[Path, int]], int]:
@@ -237,8 +246,6 @@ def heads_study(e: Embedder, dev: dict[str, list[Path]]) -> int:
 def layers(base: Path, size: int | None) -> int:
     """The pool on max- and GeM-pooled last feature maps and on average-pooled earlier blocks."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
 
     e = embedder(base, size)
     model = graph.read_model(read_artifact(base, keep_bytes=True).data)
@@ -280,15 +287,7 @@ def layers(base: Path, size: int | None) -> int:
 
     for keys in (("last avg",), ("last max",), ("last GeM",), ("block16 avg",), ("block13 avg",), ("block10 avg",),
                  ("last avg", "block13 avg"), ("last avg", "block16 avg"), ("last GeM", "block13 GeM")):
-        x, lx = stack(rows, keys), stack(lab_rows, keys)
-        scores = []
-        for seed in range(4):
-            for train, test in StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y * 2 + (np.arange(len(y)) < potato)):
-                n = len(train)
-                clf = LogisticRegression(max_iter=3000, class_weight="balanced")
-                clf.fit(np.concatenate([x[train], lx]), np.concatenate([y[train], ly]),
-                        sample_weight=np.concatenate([np.ones(n), np.full(len(ly), 0.3 / 0.7 * n / len(ly))]))
-                scores.append(float((clf.predict(x[test]) == y[test]).mean()))
+        _, scores = pool_folds(stack(rows, keys), y, potato, stack(lab_rows, keys), ly)
         print(f"{' + '.join(keys):26s}: {100 * np.mean(scores):.1f}% (± {100 * np.std(scores) / np.sqrt(len(scores)):.1f})")
     return 0
 
