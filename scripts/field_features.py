@@ -56,12 +56,16 @@ def dev_photos() -> dict[str, list[Path]]:
     return out
 
 
-def embedder(base: Path, size: int | None = None) -> Embedder:
+def embedder(base: Path, size: int | None = None, model=None) -> Embedder:
+    """learn's embedding pass on ``base`` (at ``size``); ``model``: its graph, already read (and resized)."""
     artifact = read_artifact(base, keep_bytes=True)
-    model = graph.read_model(artifact.data)
-    if size:
-        model = rewrite.at_size(model, size)
+    model = model or base_graph(base, size)
     return Embedder(rewrite.cut_at(model, graph.find_embedding(model)), artifact.metadata, num_threads=2)
+
+
+def base_graph(base: Path, size: int | None = None):
+    model = graph.read_model(read_artifact(base, keep_bytes=True).data)
+    return rewrite.at_size(model, size) if size else model
 
 
 def crops(image: np.ndarray) -> list[np.ndarray]:
@@ -245,16 +249,14 @@ def heads_study(e: Embedder, dev: dict[str, list[Path]]) -> int:
 
 def layers(base: Path, size: int | None) -> int:
     """The pool on max- and GeM-pooled last feature maps and on average-pooled earlier blocks."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from edge_app.runtime.interpreter import load_runtime, without_default_delegates
 
-    e = embedder(base, size)
-    model = graph.read_model(read_artifact(base, keep_bytes=True).data)
-    if size:
-        model = rewrite.at_size(model, size)
+    model = base_graph(base, size)
+    e = embedder(base, size, model)
+    runtime = load_runtime()
     # every tensor kept (no XNNPACK, which frees them): the feature maps are read after invoke
-    interpreter = Interpreter(model_content=bytes(graph.flatbuffer_utils.convert_object_to_bytearray(model)),
-                              experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = runtime.interpreter_class(model_content=bytes(graph.flatbuffer_utils.convert_object_to_bytearray(model)),
+                                            experimental_preserve_all_tensors=True, **without_default_delegates(runtime))
     interpreter.allocate_tensors()
     details = interpreter.get_tensor_details()
     maps = {short: next(d for d in details if name in d["name"] and len(d["shape"]) == 4)
